@@ -1,0 +1,5 @@
+//! Slipway: a deploy agent whose steps are sandboxed WebAssembly component
+//! plugins. The library holds everything; `main.rs` only parses arguments.
+
+pub mod cli;
+pub mod runtime;

@@ -1,0 +1,110 @@
+//! On-disk compile cache: a restarted agent loads a known plugin without
+//! compiling it again.
+//!
+//! Files are keyed by the component's sha256 under a directory named after
+//! the engine (wasmtime version + `Engine::precompile_compatibility_hash`),
+//! so a new agent binary or engine setting never reads an old file.
+//! Loading uses `Component::deserialize_file` (mmap), which is `unsafe`:
+//! it trusts the file. Only files this agent wrote into its own state dir
+//! (mode 0700 by the agent) are ever loaded.
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheOutcome {
+    /// Loaded from the cache; nothing was compiled.
+    Hit,
+    /// Compiled, and written to the cache.
+    Compiled,
+    /// Compiled; the cache is disabled or could not be written.
+    CompiledUncached,
+}
+
+/// The compile cache of one engine.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: Option<PathBuf>,
+}
+
+impl CompileCache {
+    /// A cache under `root` for this engine; `None` disables caching.
+    pub fn new(engine: &Engine, root: Option<&Path>) -> Self {
+        let dir = root.map(|root| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            root.join(format!(
+                "wasmtime-{}-{:016x}",
+                wasmtime_version(),
+                h.finish()
+            ))
+        });
+        Self { dir }
+    }
+
+    /// Where the compiled form of a component with this sha256 lives.
+    pub fn path_for(&self, sha256: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{sha256}.cwasm")))
+    }
+
+    /// Load from the cache, or compile (and store).
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        if let Some(path) = self.path_for(sha256) {
+            if path.exists() {
+                // SAFETY: the file was written by `store` below, into the
+                // agent's own state dir, under a key that includes the engine
+                // compatibility hash.
+                match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "discarding unusable compile cache entry");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        let outcome = match self.path_for(sha256) {
+            Some(path) => match store(&component, &path) {
+                Ok(()) => CacheOutcome::Compiled,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not write compile cache entry");
+                    CacheOutcome::CompiledUncached
+                }
+            },
+            None => CacheOutcome::CompiledUncached,
+        };
+        Ok((component, outcome))
+    }
+}
+
+/// Write atomically: a crash mid-write leaves a temp file, never a torn entry.
+fn store(component: &Component, path: &Path) -> wasmtime::Result<()> {
+    let bytes = component.serialize()?;
+    let dir = path.parent().expect("cache path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn wasmtime_version() -> &'static str {
+    // Cargo.toml pins wasmtime exactly; keep this in step with it.
+    "48.0.8"
+}
+
+/// Hex sha256 of plugin bytes: the identity of a plugin everywhere.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

@@ -1,0 +1,139 @@
+//! The `wasi:http` capability: outgoing requests only to granted hosts.
+//!
+//! The check runs on every request, in the one place every request passes
+//! (`WasiHttpHooks::send_request`). A granted *name* must also resolve to
+//! public addresses only: a grant for `api.example.com` must not become a
+//! path to 127.0.0.1 or the cloud metadata service at 169.254.169.254. To
+//! reach loopback or a private address, grant the address itself
+//! (`127.0.0.1:*`) or `localhost`. The name is resolved again by the
+//! connection itself, so a DNS server that answers differently within
+//! milliseconds could still slip past; grant IPs where that matters.
+
+use crate::runtime::caps::log::{Level, Source, StepLog};
+use crate::runtime::grants::{HostPattern, is_internal};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Per-step HTTP policy, installed as the store's `WasiHttpHooks`.
+pub struct HttpPolicy {
+    pub allowed: Arc<Vec<HostPattern>>,
+    pub log: StepLog,
+}
+
+/// Why a destination is refused, or Ok if some grant admits it.
+pub async fn authorize(allowed: &[HostPattern], host: &str, port: u16) -> Result<(), String> {
+    let Some(grant) = allowed.iter().find(|p| p.matches(host, port)) else {
+        return Err(if allowed.is_empty() {
+            format!("{host}:{port} denied: this plugin has no http grant")
+        } else {
+            let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            format!(
+                "{host}:{port} denied: not in this plugin's http grant ({})",
+                list.join(", ")
+            )
+        });
+    };
+    if grant.names_address() {
+        return Ok(());
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| format!("{host}:{port}: lookup failed: {e}"))?;
+    for addr in addrs {
+        if is_internal(addr.ip()) {
+            return Err(format!(
+                "{host}:{port} denied: resolves to internal address {} (grant the address itself to allow it)",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let allowed = self.allowed.clone();
+        let log = self.log.clone();
+        Box::new(async move {
+            let uri = request.uri();
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let target = format!("{} {uri}", request.method());
+            if let Err(reason) = authorize(&allowed, &host, port).await {
+                log.push(
+                    Level::Warn,
+                    Source::Host,
+                    &format!("http {target}: {reason}"),
+                    Vec::new(),
+                );
+                return Err(Error::HttpRequestDenied);
+            }
+            log.push(
+                Level::Debug,
+                Source::Host,
+                &format!("http {target}"),
+                Vec::new(),
+            );
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(list: &[&str]) -> Vec<HostPattern> {
+        list.iter()
+            .map(|p| HostPattern::parse(p).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn denies_ungranted_hosts_and_names_resolving_inside() {
+        assert!(
+            authorize(&[], "127.0.0.1", 80)
+                .await
+                .unwrap_err()
+                .contains("no http grant")
+        );
+        let granted = patterns(&["127.0.0.1:8080"]);
+        assert!(authorize(&granted, "127.0.0.1", 8080).await.is_ok());
+        assert!(authorize(&granted, "127.0.0.1", 8081).await.is_err());
+        // A wildcard or a name does not grant loopback: only the address does.
+        let wild = patterns(&["*:*"]);
+        let err = authorize(&wild, "127.0.0.1", 80).await.unwrap_err();
+        assert!(err.contains("internal address"), "{err}");
+        let err = authorize(&patterns(&["localhost.:80"]), "localhost.", 80).await;
+        assert!(err.is_err());
+        assert!(
+            authorize(&patterns(&["localhost:*"]), "localhost", 80)
+                .await
+                .is_ok()
+        );
+    }
+}

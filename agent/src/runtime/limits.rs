@@ -1,0 +1,62 @@
+//! Per-step resource limits: what a plugin step may consume before it is
+//! stopped. A plugin that loops, balloons or floods fails its own step; the
+//! agent and every other step keep running.
+
+use std::time::Duration;
+
+/// Limits for one step. The defaults suit checks and deploy hooks; builds
+/// usually raise `wall_time` in config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Wall time for the whole step, host calls (exec, http) included.
+    pub wall_time: Duration,
+    /// Linear memory the plugin may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Bytes kept from any string the plugin returns (report, error,
+    /// message); the rest is cut with a marker.
+    pub max_output_bytes: usize,
+    /// Bytes of log lines kept per step; later lines are dropped and counted.
+    pub max_log_bytes: usize,
+    /// Bytes of stdout and of stderr kept per `exec` call (the tail).
+    pub max_exec_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            wall_time: Duration::from_secs(30),
+            memory_bytes: 128 * 1024 * 1024,
+            max_output_bytes: 64 * 1024,
+            max_log_bytes: 256 * 1024,
+            max_exec_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The largest memory limit a step may ask for; the pooling allocator
+/// reserves address space for this much per instance slot.
+pub const MAX_MEMORY_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Cut `text` to at most `max` bytes (on a char boundary), saying how much
+/// was dropped.
+pub fn truncate(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… [truncated {} bytes]", &text[..cut], text.len() - cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        assert_eq!(truncate("ééé".into(), 3), "é… [truncated 4 bytes]");
+    }
+}

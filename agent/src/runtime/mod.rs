@@ -1,0 +1,1006 @@
+//! The plugin runtime: loads WebAssembly component plugins and runs one step
+//! of one plugin in a fresh, limited sandbox.
+//!
+//! Why it is built this way:
+//! - One `Engine` with the pooling allocator and epoch interruption; one
+//!   `Linker` with WASI p2, `wasi:http` and the `slipway:plugin/host`
+//!   imports, built once.
+//! - Each plugin is compiled once (or loaded from the on-disk cache) and kept
+//!   as an `InstancePre`; every step gets a fresh `Store` and instance, so no
+//!   state leaks from one step, app or environment to another.
+//! - A step gets exactly its grants (directories, hosts, programs, env,
+//!   secrets) and its limits (wall time, memory, output and log size).
+//!   Whatever the plugin does, only its own step fails.
+//!
+//! It is not the engine: it knows nothing of apps, environments or the
+//! journal. The caller composes grants and limits and decides what a result
+//! means.
+
+pub mod builtin;
+pub mod cache;
+pub mod caps;
+pub mod grants;
+pub mod limits;
+pub mod redact;
+mod state;
+pub mod version;
+
+pub use cache::CacheOutcome;
+pub use caps::log::{Level, LogLine, Source, StepLabels};
+pub use grants::{DirGrant, Grants, HostPattern};
+pub use limits::Limits;
+pub use redact::Redactor;
+
+use cache::CompileCache;
+use caps::exec::Exec;
+use caps::http::HttpPolicy;
+use caps::log::StepLog;
+use caps::secret::Secrets;
+use semver::Version;
+use serde::Serialize;
+use state::bindings::exports::slipway::plugin as exports;
+use state::bindings::slipway::plugin::types as wit;
+use state::{HostCtx, HostImports, Limiter, StepState};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{InstancePre, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+/// How often the epoch advances; a runaway plugin overshoots its wall-time
+/// limit by at most about this much.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits for `describe()` at load time: it must be cheap and pure.
+fn describe_limits() -> Limits {
+    Limits {
+        wall_time: Duration::from_secs(5),
+        memory_bytes: 256 * 1024 * 1024,
+        ..Limits::default()
+    }
+}
+
+/// Errors loading a plugin. Each names the plugin source and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{plugin}: cannot read plugin file: {error}")]
+    Read {
+        plugin: String,
+        error: std::io::Error,
+    },
+    #[error("{plugin}: unknown builtin plugin (builtins: {known})")]
+    UnknownBuiltin { plugin: String, known: String },
+    #[error(
+        "{plugin}: sha256 mismatch: the file is {actual}, the config pins {expected}; rebuild it or update the pin"
+    )]
+    Sha256Mismatch {
+        plugin: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{plugin}: not a valid WebAssembly component: {error}")]
+    Compile { plugin: String, error: String },
+    #[error("{plugin}: {error}")]
+    NotAPlugin { plugin: String, error: String },
+    #[error(
+        "{plugin}: built for plugin API {plugin_api}, but this agent supports {host_api} (compatible: {host_api_range}); rebuild the plugin against slipway:plugin@{host_api}"
+    )]
+    IncompatibleApi {
+        plugin: String,
+        plugin_api: Version,
+        host_api: Version,
+        host_api_range: String,
+    },
+    #[error("{plugin}: imports something this agent does not provide: {error}")]
+    Link { plugin: String, error: String },
+    #[error("{plugin}: describe() failed: {error}")]
+    Describe { plugin: String, error: String },
+}
+
+/// The step kinds (the WIT `step-kind`); a plugin's kinds are data.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Build,
+    Deploy,
+    SmokeTest,
+    HealthCheck,
+    Rollback,
+    Notify,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 6] = [
+        StepKind::Build,
+        StepKind::Deploy,
+        StepKind::SmokeTest,
+        StepKind::HealthCheck,
+        StepKind::Rollback,
+        StepKind::Notify,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Build => "build",
+            StepKind::Deploy => "deploy",
+            StepKind::SmokeTest => "smoke-test",
+            StepKind::HealthCheck => "health-check",
+            StepKind::Rollback => "rollback",
+            StepKind::Notify => "notify",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    fn from_wit(kind: wit::StepKind) -> Self {
+        match kind {
+            wit::StepKind::Build => StepKind::Build,
+            wit::StepKind::Deploy => StepKind::Deploy,
+            wit::StepKind::SmokeTest => StepKind::SmokeTest,
+            wit::StepKind::HealthCheck => StepKind::HealthCheck,
+            wit::StepKind::Rollback => StepKind::Rollback,
+            wit::StepKind::Notify => StepKind::Notify,
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `describe()` said, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub api_version: Version,
+    pub kinds: Vec<StepKind>,
+    pub params_schema: serde_json::Value,
+    pub description: String,
+}
+
+impl PluginInfo {
+    /// Check raw `describe()` output: versions parse, the schema is a valid
+    /// JSON Schema, and every declared kind is really exported.
+    fn check(
+        name: String,
+        version: String,
+        api_version: String,
+        kinds: Vec<StepKind>,
+        params_schema: String,
+        description: String,
+        exported: &[StepKind],
+    ) -> Result<(Self, jsonschema::Validator), String> {
+        let api_version = Version::parse(&api_version)
+            .map_err(|e| format!("api-version `{api_version}` is not semver: {e}"))?;
+        Version::parse(&version).map_err(|e| format!("version `{version}` is not semver: {e}"))?;
+        if name.is_empty() {
+            return Err("name is empty".into());
+        }
+        if kinds.is_empty() {
+            return Err("declares no step kinds".into());
+        }
+        if let Some(k) = kinds.iter().find(|k| !exported.contains(k)) {
+            return Err(format!(
+                "declares kind `{k}` but does not export its interface"
+            ));
+        }
+        let params_schema: serde_json::Value = serde_json::from_str(&params_schema)
+            .map_err(|e| format!("params-schema is not JSON: {e}"))?;
+        let validator = jsonschema::validator_for(&params_schema)
+            .map_err(|e| format!("params-schema is not a valid JSON Schema: {e}"))?;
+        Ok((
+            Self {
+                name,
+                version,
+                api_version,
+                kinds,
+                params_schema,
+                description,
+            },
+            validator,
+        ))
+    }
+}
+
+/// Where a plugin comes from: `builtin:NAME` or a path to a `.wasm` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PluginSource {
+    Builtin(String),
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// Parse a config `source`; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Self {
+        match text.strip_prefix("builtin:") {
+            Some(name) => PluginSource::Builtin(name.to_string()),
+            None => PluginSource::File(base.join(text)),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Builtin(name) => write!(f, "builtin:{name}"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Runtime-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Compile cache root (`state_dir/cache`); `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent plugin instances (pool slots).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 256,
+        }
+    }
+}
+
+/// The wasmtime engine, linker and compile cache shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StepState>,
+    cache: CompileCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: &RuntimeConfig) -> Result<Self, String> {
+        let mut pool = PoolingAllocationConfig::new();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(64)
+            .max_memory_size(limits::MAX_MEMORY_BYTES)
+            .table_elements(200_000)
+            .max_component_instance_size(4 << 20)
+            .max_core_instance_size(4 << 20);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| format!("starting wasmtime: {e:#}"))?;
+
+        let mut linker: Linker<StepState> = Linker::new(&engine);
+        let link =
+            |r: wasmtime::Result<()>, what: &str| r.map_err(|e| format!("linking {what}: {e:#}"));
+        link(wasmtime_wasi::p2::add_to_linker_async(&mut linker), "wasi")?;
+        link(
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker),
+            "wasi:http",
+        )?;
+        link(
+            state::bindings::slipway::plugin::host::add_to_linker::<_, HostImports>(
+                &mut linker,
+                |s| &mut s.host,
+            ),
+            "slipway:plugin/host",
+        )?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("slipway-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| format!("starting epoch ticker: {e}"))?;
+
+        let cache = CompileCache::new(&engine, config.cache_dir.as_deref());
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            ticker_stop,
+        })
+    }
+
+    /// The compile cache (tests and `plugins inspect` look at it).
+    pub fn cache(&self) -> &CompileCache {
+        &self.cache
+    }
+
+    /// Load, verify and describe a plugin. `sha256` is the config's pin.
+    pub async fn load(
+        &self,
+        source: &PluginSource,
+        sha256: Option<&str>,
+    ) -> Result<Plugin, LoadError> {
+        let src = source.to_string();
+        let bytes: std::borrow::Cow<'static, [u8]> = match source {
+            PluginSource::Builtin(name) => builtin::get(name)
+                .ok_or_else(|| LoadError::UnknownBuiltin {
+                    plugin: src.clone(),
+                    known: builtin::names().join(", "),
+                })?
+                .into(),
+            PluginSource::File(path) => std::fs::read(path)
+                .map_err(|error| LoadError::Read {
+                    plugin: src.clone(),
+                    error,
+                })?
+                .into(),
+        };
+        let actual = cache::sha256_hex(&bytes);
+        if let Some(expected) = sha256 {
+            if !expected.eq_ignore_ascii_case(&actual) {
+                return Err(LoadError::Sha256Mismatch {
+                    plugin: src,
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+        }
+
+        // Compiling a big component takes seconds of CPU: keep it off the
+        // async workers.
+        let (engine, cache, sha) = (self.engine.clone(), self.cache.clone(), actual.clone());
+        let (component, cache_outcome) =
+            tokio::task::spawn_blocking(move || cache.load(&engine, &bytes, &sha))
+                .await
+                .map_err(|e| LoadError::Compile {
+                    plugin: src.clone(),
+                    error: e.to_string(),
+                })?
+                .map_err(|e| LoadError::Compile {
+                    plugin: src.clone(),
+                    error: format!("{e:#}"),
+                })?;
+
+        let api = version::component_api(&self.engine, &component).map_err(|error| {
+            LoadError::NotAPlugin {
+                plugin: src.clone(),
+                error,
+            }
+        })?;
+        if !version::compatible(&api) {
+            return Err(LoadError::IncompatibleApi {
+                plugin: src,
+                plugin_api: api,
+                host_api: version::HOST_API,
+                host_api_range: format!("^{}", version::HOST_API),
+            });
+        }
+
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                plugin: src.clone(),
+                error: format!("{e:#}"),
+            })?;
+        let exports = Exports::find(&pre).map_err(|error| LoadError::NotAPlugin {
+            plugin: src.clone(),
+            error,
+        })?;
+
+        let mut plugin = Plugin {
+            source: source.clone(),
+            sha256: actual,
+            api_version: api,
+            cache: cache_outcome,
+            engine: self.engine.clone(),
+            pre,
+            exports,
+            info: None,
+        };
+        let raw = plugin
+            .describe()
+            .await
+            .map_err(|error| LoadError::Describe {
+                plugin: src.clone(),
+                error,
+            })?;
+        let exported = plugin.exports.kinds();
+        let (info, validator) = PluginInfo::check(
+            raw.name,
+            raw.version,
+            raw.api_version,
+            raw.kinds.into_iter().map(StepKind::from_wit).collect(),
+            raw.params_schema,
+            raw.description,
+            &exported,
+        )
+        .map_err(|error| LoadError::Describe {
+            plugin: src.clone(),
+            error,
+        })?;
+        if !version::compatible(&info.api_version) {
+            return Err(LoadError::IncompatibleApi {
+                plugin: src,
+                plugin_api: info.api_version,
+                host_api: version::HOST_API,
+                host_api_range: format!("^{}", version::HOST_API),
+            });
+        }
+        plugin.info = Some((info, Arc::new(validator)));
+        Ok(plugin)
+    }
+}
+
+/// The export indices of the step kinds a component implements.
+#[derive(Clone)]
+struct Exports {
+    plugin: exports::plugin::GuestIndices,
+    build: Option<exports::build_step::GuestIndices>,
+    deploy: Option<exports::deploy_step::GuestIndices>,
+    smoke_test: Option<exports::smoke_test_step::GuestIndices>,
+    health_check: Option<exports::health_check_step::GuestIndices>,
+    rollback: Option<exports::rollback_step::GuestIndices>,
+    notify: Option<exports::notify_step::GuestIndices>,
+}
+
+impl Exports {
+    fn find(pre: &InstancePre<StepState>) -> Result<Self, String> {
+        let plugin = exports::plugin::GuestIndices::new(pre)
+            .map_err(|e| format!("does not export slipway:plugin/plugin (describe): {e:#}"))?;
+        Ok(Self {
+            plugin,
+            build: exports::build_step::GuestIndices::new(pre).ok(),
+            deploy: exports::deploy_step::GuestIndices::new(pre).ok(),
+            smoke_test: exports::smoke_test_step::GuestIndices::new(pre).ok(),
+            health_check: exports::health_check_step::GuestIndices::new(pre).ok(),
+            rollback: exports::rollback_step::GuestIndices::new(pre).ok(),
+            notify: exports::notify_step::GuestIndices::new(pre).ok(),
+        })
+    }
+
+    fn kinds(&self) -> Vec<StepKind> {
+        let present = [
+            self.build.is_some(),
+            self.deploy.is_some(),
+            self.smoke_test.is_some(),
+            self.health_check.is_some(),
+            self.rollback.is_some(),
+            self.notify.is_some(),
+        ];
+        StepKind::ALL
+            .into_iter()
+            .zip(present)
+            .filter_map(|(k, p)| p.then_some(k))
+            .collect()
+    }
+}
+
+/// A release as a step sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseRef {
+    pub version: String,
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+/// What a step is about (the WIT `step-context`, host side).
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub app: String,
+    pub environment: Option<String>,
+    pub release: ReleaseRef,
+    pub previous_release: Option<ReleaseRef>,
+    pub params: serde_json::Value,
+    pub attempt: u32,
+}
+
+/// A deployment state change (the WIT `event`), for `notify` steps.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub app: String,
+    pub environment: Option<String>,
+    pub deployment_id: String,
+    pub version: String,
+    pub state: String,
+    pub message: String,
+}
+
+/// The input of one step call.
+#[derive(Debug, Clone)]
+pub enum StepInput {
+    Step(StepContext),
+    Notify {
+        event: Event,
+        params: serde_json::Value,
+    },
+}
+
+/// One step to run: the call, and the sandbox it runs in.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    pub kind: StepKind,
+    pub input: StepInput,
+    /// Effective grants (the plugin's, plus what the engine adds, such as
+    /// the release directory).
+    pub grants: Grants,
+    pub limits: Limits,
+    /// Values of the secrets this plugin is granted.
+    pub secrets: BTreeMap<String, String>,
+    /// Redacts every known secret, granted or not.
+    pub redactor: Redactor,
+    pub labels: StepLabels,
+}
+
+/// Health as a check reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+/// What a step returned when it completed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum StepValue {
+    Artifact {
+        dir: String,
+        metadata: Vec<(String, String)>,
+    },
+    Done,
+    Passed {
+        report: String,
+    },
+    Health {
+        status: Health,
+        message: String,
+    },
+}
+
+/// Why a step failed. The plugin's own verdict (`Failed`) is distinct from
+/// the sandbox stopping it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[serde(tag = "type", content = "message", rename_all = "kebab-case")]
+pub enum StepError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("stopped: wall-time limit of {0} ms exceeded")]
+    Timeout(u64),
+    #[error("stopped: {0}")]
+    ResourceLimit(String),
+    #[error("plugin crashed: {0}")]
+    Trap(String),
+    #[error("plugin does not implement `{0}`")]
+    NotImplemented(StepKind),
+    #[error("could not start the step: {0}")]
+    Setup(String),
+}
+
+/// The result of one step, with its logs.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub result: Result<StepValue, StepError>,
+    pub logs: Vec<LogLine>,
+    pub duration: Duration,
+}
+
+/// A loaded plugin: compiled, checked and described; ready to run steps.
+pub struct Plugin {
+    pub source: PluginSource,
+    pub sha256: String,
+    /// API version read from the component's interface names.
+    pub api_version: Version,
+    /// Whether this load hit the compile cache.
+    pub cache: CacheOutcome,
+    engine: Engine,
+    pre: InstancePre<StepState>,
+    exports: Exports,
+    info: Option<(PluginInfo, Arc<jsonschema::Validator>)>,
+}
+
+impl Plugin {
+    pub fn info(&self) -> &PluginInfo {
+        &self.info.as_ref().expect("plugin described at load").0
+    }
+
+    /// Check step params against the plugin's schema; one message per
+    /// violation, each naming the offending path.
+    pub fn validate_params(&self, params: &serde_json::Value) -> Result<(), Vec<String>> {
+        let validator = &self.info.as_ref().expect("plugin described at load").1;
+        let errors: Vec<String> = validator
+            .iter_errors(params)
+            .map(|e| {
+                let path = e.instance_path.to_string();
+                if path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{path}: {e}")
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn implements(&self, kind: StepKind) -> bool {
+        self.exports.kinds().contains(&kind)
+    }
+
+    async fn describe(&self) -> Result<wit::PluginInfo, String> {
+        let request = StepRequest {
+            kind: StepKind::Notify,
+            input: StepInput::Notify {
+                event: Event {
+                    app: String::new(),
+                    environment: None,
+                    deployment_id: String::new(),
+                    version: String::new(),
+                    state: String::new(),
+                    message: String::new(),
+                },
+                params: serde_json::Value::Null,
+            },
+            grants: Grants::default(),
+            limits: describe_limits(),
+            secrets: BTreeMap::new(),
+            redactor: Redactor::default(),
+            labels: StepLabels {
+                plugin: self.source.to_string(),
+                kind: "describe".into(),
+                ..Default::default()
+            },
+        };
+        let mut sandbox = Sandbox::new(&self.engine, &request).map_err(|e| e.to_string())?;
+        let indices = self.exports.plugin.clone();
+        let pre = self.pre.clone();
+        let result = sandbox
+            .run(&request.limits, async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                indices
+                    .load(&mut *store, &instance)?
+                    .call_describe(&mut *store)
+                    .await
+            })
+            .await;
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Run one step in a fresh instance. Never panics and never hangs past
+    /// the step's wall time; every failure is a `StepError`.
+    pub async fn run(&self, request: StepRequest) -> StepOutcome {
+        let started = Instant::now();
+        let mut sandbox = match Sandbox::new(&self.engine, &request) {
+            Ok(s) => s,
+            Err(e) => {
+                return StepOutcome {
+                    result: Err(e),
+                    logs: Vec::new(),
+                    duration: started.elapsed(),
+                };
+            }
+        };
+        let result = self.call(&mut sandbox, &request).await;
+        let max = request.limits.max_output_bytes;
+        let redact = |s: String| limits::truncate(request.redactor.redact(&s), max);
+        let result = match result {
+            Ok(StepValue::Passed { report }) => Ok(StepValue::Passed {
+                report: redact(report),
+            }),
+            Ok(StepValue::Health { status, message }) => Ok(StepValue::Health {
+                status,
+                message: redact(message),
+            }),
+            Ok(StepValue::Artifact { dir, metadata }) => Ok(StepValue::Artifact {
+                dir: redact(dir),
+                metadata: metadata
+                    .into_iter()
+                    .map(|(k, v)| (redact(k), redact(v)))
+                    .collect(),
+            }),
+            Ok(StepValue::Done) => Ok(StepValue::Done),
+            Err(StepError::Failed(m)) => Err(StepError::Failed(redact(m))),
+            Err(StepError::Trap(m)) => Err(StepError::Trap(redact(m))),
+            Err(other) => Err(other),
+        };
+        StepOutcome {
+            result,
+            logs: sandbox.finish(),
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn call(
+        &self,
+        sandbox: &mut Sandbox,
+        request: &StepRequest,
+    ) -> Result<StepValue, StepError> {
+        if !self.implements(request.kind) {
+            return Err(StepError::NotImplemented(request.kind));
+        }
+        let pre = self.pre.clone();
+        let ex = self.exports.clone();
+        let kind = request.kind;
+        let (ctx, notify) = match &request.input {
+            StepInput::Step(ctx) => (Some(to_wit_context(ctx)), None),
+            StepInput::Notify { event, params } => {
+                (None, Some((to_wit_event(event), params.to_string())))
+            }
+        };
+        let missing = || StepError::Setup(format!("a {kind} step needs a step context"));
+        if kind == StepKind::Notify && notify.is_none() || kind != StepKind::Notify && ctx.is_none()
+        {
+            return Err(missing());
+        }
+        sandbox
+            .run(&request.limits, async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let s = &mut *store;
+                let value = match kind {
+                    StepKind::Build => {
+                        let g = ex
+                            .build
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        g.call_build(&mut *s, ctx.as_ref().expect("checked"))
+                            .await?
+                            .map(|a| StepValue::Artifact {
+                                dir: a.dir,
+                                metadata: a.metadata,
+                            })
+                    }
+                    StepKind::Deploy => {
+                        let g = ex
+                            .deploy
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        g.call_deploy(&mut *s, ctx.as_ref().expect("checked"))
+                            .await?
+                            .map(|()| StepValue::Done)
+                    }
+                    StepKind::SmokeTest => {
+                        let g = ex
+                            .smoke_test
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        g.call_smoke_test(&mut *s, ctx.as_ref().expect("checked"))
+                            .await?
+                            .map(|report| StepValue::Passed { report })
+                    }
+                    StepKind::HealthCheck => {
+                        let g = ex
+                            .health_check
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        let r = g
+                            .call_check(&mut *s, ctx.as_ref().expect("checked"))
+                            .await?;
+                        let status = match r.status {
+                            wit::HealthStatus::Healthy => Health::Healthy,
+                            wit::HealthStatus::Unhealthy => Health::Unhealthy,
+                            wit::HealthStatus::Unknown => Health::Unknown,
+                        };
+                        Ok(StepValue::Health {
+                            status,
+                            message: r.message,
+                        })
+                    }
+                    StepKind::Rollback => {
+                        let g = ex
+                            .rollback
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        g.call_rollback(&mut *s, ctx.as_ref().expect("checked"))
+                            .await?
+                            .map(|()| StepValue::Done)
+                    }
+                    StepKind::Notify => {
+                        let g = ex
+                            .notify
+                            .as_ref()
+                            .expect("checked")
+                            .load(&mut *s, &instance)?;
+                        let (event, params) = notify.as_ref().expect("checked");
+                        g.call_notify(&mut *s, event, params)
+                            .await?
+                            .map(|()| StepValue::Done)
+                    }
+                };
+                Ok(value)
+            })
+            .await?
+            .map_err(StepError::Failed)
+    }
+}
+
+fn to_wit_release(r: &ReleaseRef) -> wit::Release {
+    wit::Release {
+        version: r.version.clone(),
+        id: r.id.clone(),
+        dir: r.dir.to_string_lossy().into_owned(),
+    }
+}
+
+fn to_wit_context(ctx: &StepContext) -> wit::StepContext {
+    wit::StepContext {
+        app: ctx.app.clone(),
+        environment: ctx.environment.clone(),
+        release: to_wit_release(&ctx.release),
+        previous_release: ctx.previous_release.as_ref().map(to_wit_release),
+        params: ctx.params.to_string(),
+        attempt: ctx.attempt,
+    }
+}
+
+fn to_wit_event(e: &Event) -> wit::Event {
+    wit::Event {
+        app: e.app.clone(),
+        environment: e.environment.clone(),
+        deployment_id: e.deployment_id.clone(),
+        version: e.version.clone(),
+        state: e.state.clone(),
+        message: e.message.clone(),
+    }
+}
+
+/// One step's store and captured stdio.
+struct Sandbox {
+    store: Store<StepState>,
+    stdio: caps::wasi::Stdio,
+    log: StepLog,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl Sandbox {
+    fn new(engine: &Engine, request: &StepRequest) -> Result<Self, StepError> {
+        let limits = &request.limits;
+        if limits.memory_bytes > limits::MAX_MEMORY_BYTES {
+            return Err(StepError::Setup(format!(
+                "memory limit {} MiB is over the agent's maximum of {} MiB",
+                limits.memory_bytes >> 20,
+                limits::MAX_MEMORY_BYTES >> 20
+            )));
+        }
+        let log = StepLog::new(
+            request.labels.clone(),
+            request.redactor.clone(),
+            limits.max_log_bytes,
+        );
+        let (wasi, stdio) =
+            caps::wasi::build(&request.grants, limits.max_log_bytes).map_err(StepError::Setup)?;
+        let deadline = Instant::now() + limits.wall_time;
+        let default_cwd = match &request.input {
+            StepInput::Step(ctx) => Some(ctx.release.dir.clone()),
+            StepInput::Notify { .. } => None,
+        };
+        let grants = Arc::new(request.grants.clone());
+        let state = StepState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            http_policy: HttpPolicy {
+                allowed: Arc::new(request.grants.http.clone()),
+                log: log.clone(),
+            },
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes,
+                table_elements: 200_000,
+                hit: None,
+            },
+            host: HostCtx {
+                log: log.clone(),
+                exec: Exec {
+                    grants,
+                    default_cwd,
+                    deadline,
+                    max_output_bytes: limits.max_exec_output_bytes,
+                    log: log.clone(),
+                },
+                secrets: Secrets::new(request.secrets.clone()),
+            },
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let flag = timed_out.clone();
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                flag.store(true, Ordering::Relaxed);
+                wasmtime::bail!("wall-time limit exceeded");
+            }
+            // Yield so one busy plugin cannot hog an executor thread.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(Self {
+            store,
+            stdio,
+            log,
+            timed_out,
+        })
+    }
+
+    /// Run `body` under the step's wall time; classify how it ended.
+    async fn run<T>(
+        &mut self,
+        limits: &Limits,
+        body: impl AsyncFnOnce(&mut Store<StepState>) -> wasmtime::Result<T>,
+    ) -> Result<T, StepError> {
+        // Host calls (exec, http) are not interrupted by epochs; the outer
+        // timeout covers them. A little grace lets the epoch trap first.
+        let outer = limits.wall_time + Duration::from_millis(200);
+        let timeout_ms = limits.wall_time.as_millis() as u64;
+        let result = tokio::time::timeout(outer, body(&mut self.store)).await;
+        match result {
+            Err(_) => Err(StepError::Timeout(timeout_ms)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if self.timed_out.load(Ordering::Relaxed) {
+                    return Err(StepError::Timeout(timeout_ms));
+                }
+                if let Some(hit) = self.store.data().limiter.hit.clone() {
+                    return Err(StepError::ResourceLimit(hit));
+                }
+                Err(StepError::Trap(self.describe_trap(&error)))
+            }
+        }
+    }
+
+    /// A trap in words: the root cause, plus what the plugin printed to
+    /// stderr last (a Rust panic message lands there).
+    fn describe_trap(&self, error: &wasmtime::Error) -> String {
+        let root = error.root_cause().to_string();
+        let cause = if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            format!("{trap}")
+        } else {
+            root
+        };
+        let stderr = String::from_utf8_lossy(&self.stdio.stderr.contents()).into_owned();
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+        if tail.is_empty() {
+            cause
+        } else {
+            format!("{cause}; stderr: {tail}")
+        }
+    }
+
+    /// The step's log lines, with the guest's stdout/stderr appended.
+    fn finish(self) -> Vec<LogLine> {
+        self.log
+            .push_output(Source::Stdout, &self.stdio.stdout.contents());
+        self.log
+            .push_output(Source::Stderr, &self.stdio.stderr.contents());
+        self.log.lines()
+    }
+}
