@@ -59,17 +59,16 @@ impl CompileCache {
         bytes: &[u8],
         sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        if let Some(path) = self.path_for(sha256) {
-            if path.exists() {
-                // SAFETY: the file was written by `store` below, into the
-                // agent's own state dir, under a key that includes the engine
-                // compatibility hash.
-                match unsafe { Component::deserialize_file(engine, &path) } {
-                    Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "discarding unusable compile cache entry");
-                        let _ = std::fs::remove_file(&path);
-                    }
+        if let Some(path) = self.path_for(sha256).filter(|p| p.exists()) {
+            // SAFETY: the file was written by `store` below, into the agent's
+            // own state dir, under a key that includes the engine
+            // compatibility hash. It is mmapped: it is only ever replaced by
+            // rename, never rewritten in place.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable compile cache entry");
+                    let _ = std::fs::remove_file(&path);
                 }
             }
         }

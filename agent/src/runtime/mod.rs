@@ -357,14 +357,12 @@ impl Runtime {
                 .into(),
         };
         let actual = cache::sha256_hex(&bytes);
-        if let Some(expected) = sha256 {
-            if !expected.eq_ignore_ascii_case(&actual) {
-                return Err(LoadError::Sha256Mismatch {
-                    plugin: src,
-                    expected: expected.to_string(),
-                    actual,
-                });
-            }
+        if let Some(expected) = sha256.filter(|e| !e.eq_ignore_ascii_case(&actual)) {
+            return Err(LoadError::Sha256Mismatch {
+                plugin: src,
+                expected: expected.to_string(),
+                actual,
+            });
         }
 
         // Compiling a big component takes seconds of CPU: keep it off the

@@ -24,7 +24,7 @@ impl Redactor {
             .into_iter()
             .filter(|(_, v)| v.len() >= Self::MIN_LEN)
             .collect();
-        secrets.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        secrets.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         Self {
             secrets: Arc::new(secrets),
         }

@@ -44,7 +44,16 @@ pub fn component_api(engine: &Engine, component: &Component) -> Result<Version, 
 
 /// Whether a plugin built for `api` runs on this host.
 pub fn compatible(api: &Version) -> bool {
-    api.major == HOST_API.major && (HOST_API.major > 0 || api.minor == HOST_API.minor)
+    semver::VersionReq {
+        comparators: vec![semver::Comparator {
+            op: semver::Op::Caret,
+            major: HOST_API.major,
+            minor: Some(HOST_API.minor),
+            patch: Some(0),
+            pre: semver::Prerelease::EMPTY,
+        }],
+    }
+    .matches(api)
 }
 
 #[cfg(test)]

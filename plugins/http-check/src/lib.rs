@@ -78,13 +78,15 @@ fn probe(p: &Params) -> Result<String, String> {
             p.method, p.url, response.status, p.expect_status
         ));
     }
-    if let Some(needle) = &p.expect_body {
-        if !response.text().contains(needle.as_str()) {
-            return Err(format!(
-                "{} {}: body does not contain {needle:?} (status {}, {took} ms)",
-                p.method, p.url, response.status
-            ));
-        }
+    if let Some(needle) = p
+        .expect_body
+        .as_ref()
+        .filter(|n| !response.text().contains(n.as_str()))
+    {
+        return Err(format!(
+            "{} {}: body does not contain {needle:?} (status {}, {took} ms)",
+            p.method, p.url, response.status
+        ));
     }
     Ok(format!(
         "{} {}: {} in {took} ms",

@@ -46,7 +46,9 @@ fn connect(p: &Params) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", p.address))?;
     let mut last = format!("{}: no address", p.address);
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        // `connect_timeout` on wasip2 reports success before the handshake
+        // finishes; asking for the peer address waits for the real answer.
+        match TcpStream::connect_timeout(&addr, timeout).and_then(|s| s.peer_addr()) {
             Ok(_) => return Ok(format!("{addr} accepts connections")),
             Err(e) => last = format!("{addr}: {e}"),
         }

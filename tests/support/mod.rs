@@ -1,0 +1,200 @@
+//! Shared pieces of the end-to-end tests: fixture plugins, real loopback
+//! servers, and step requests with a real release directory.
+#![allow(dead_code)]
+
+use slipway::runtime::{
+    DirGrant, Grants, HostPattern, Limits, Plugin, PluginSource, Redactor, ReleaseRef, Runtime,
+    RuntimeConfig, StepContext, StepInput, StepKind, StepLabels, StepOutcome, StepRequest, builtin,
+};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A component built by `agent/build.rs` (fixtures: `fixture("hostile")`).
+pub fn wasm(file_stem: &str) -> PathBuf {
+    Path::new(builtin::BUILD_DIR).join(format!("{file_stem}.wasm"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    wasm(&format!("slipway_fixture_{}", name.replace('-', "_")))
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(&RuntimeConfig::default()).expect("runtime")
+}
+
+pub async fn load_file(rt: &Runtime, path: &Path) -> Plugin {
+    rt.load(&PluginSource::File(path.to_path_buf()), None)
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+pub async fn load_builtin(rt: &Runtime, name: &str) -> Plugin {
+    rt.load(&PluginSource::Builtin(name.into()), None)
+        .await
+        .unwrap_or_else(|e| panic!("loading builtin {name}: {e}"))
+}
+
+pub fn patterns(list: &[&str]) -> Vec<HostPattern> {
+    list.iter()
+        .map(|p| HostPattern::parse(p).unwrap())
+        .collect()
+}
+
+/// A step with a real (temporary) release directory, granted read-only.
+pub struct Step {
+    pub release: tempfile::TempDir,
+    pub request: StepRequest,
+}
+
+impl Step {
+    pub fn new(kind: StepKind, params: serde_json::Value) -> Self {
+        let release = tempfile::tempdir().expect("tempdir");
+        let dir = release.path().canonicalize().unwrap();
+        let request = StepRequest {
+            kind,
+            input: StepInput::Step(StepContext {
+                app: "web".into(),
+                environment: Some("staging".into()),
+                release: ReleaseRef {
+                    version: "1.0.0".into(),
+                    id: "1.0.0-test".into(),
+                    dir: dir.clone(),
+                },
+                previous_release: None,
+                params,
+                attempt: 1,
+            }),
+            grants: Grants {
+                dirs: vec![DirGrant {
+                    path: dir,
+                    write: false,
+                }],
+                ..Default::default()
+            },
+            limits: Limits {
+                wall_time: Duration::from_secs(10),
+                ..Limits::default()
+            },
+            secrets: BTreeMap::new(),
+            redactor: Redactor::default(),
+            labels: StepLabels {
+                plugin: "test".into(),
+                kind: kind.to_string(),
+                app: "web".into(),
+                environment: "staging".into(),
+                deployment: "d-test".into(),
+            },
+        };
+        Self { release, request }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.release.path().canonicalize().unwrap()
+    }
+
+    pub fn grants(mut self, f: impl FnOnce(&mut Grants)) -> Self {
+        f(&mut self.request.grants);
+        self
+    }
+
+    pub fn params(mut self, params: serde_json::Value) -> Self {
+        if let StepInput::Step(ctx) = &mut self.request.input {
+            ctx.params = params;
+        }
+        self
+    }
+
+    pub fn limits(mut self, f: impl FnOnce(&mut Limits)) -> Self {
+        f(&mut self.request.limits);
+        self
+    }
+
+    pub fn secret(mut self, name: &str, value: &str) -> Self {
+        self.request.secrets.insert(name.into(), value.into());
+        self.request.redactor = Redactor::new(
+            self.request
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        self
+    }
+
+    pub async fn run(&self, plugin: &Plugin) -> StepOutcome {
+        plugin.run(self.request.clone()).await
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 with a few fixed routes:
+/// `/ok` 200 "hello world", `/fail` 500, `/flaky` 503 for the first two
+/// requests then 200, `/big` a 2 MB body. Counts requests.
+pub struct HttpServer {
+    pub port: u16,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl HttpServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let flaky = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let flaky = flaky.clone();
+                std::thread::spawn(move || serve(stream, &flaky));
+            }
+        });
+        Self { port, hits }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn serve(stream: TcpStream, flaky: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
+    let (status, body) = match path.as_str() {
+        "/ok" => (200, "hello world".to_string()),
+        "/fail" => (500, "broken".to_string()),
+        "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "warming up".to_string()),
+        "/flaky" => (200, "warm".to_string()),
+        "/big" => (200, "z".repeat(2 << 20)),
+        _ => (404, "not found".to_string()),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A port on 127.0.0.1 that nothing listens on.
+pub fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
