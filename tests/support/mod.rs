@@ -126,7 +126,7 @@ impl Step {
     }
 
     pub async fn run(&self, plugin: &Plugin) -> StepOutcome {
-        plugin.run(self.request.clone()).await
+        plugin.run(&self.request).await
     }
 }
 

@@ -330,6 +330,11 @@ impl Runtime {
         })
     }
 
+    /// The wasmtime engine (benchmarks compile with it directly).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The compile cache (tests and `plugins inspect` look at it).
     pub fn cache(&self) -> &CompileCache {
         &self.cache
@@ -691,9 +696,9 @@ impl Plugin {
 
     /// Run one step in a fresh instance. Never panics and never hangs past
     /// the step's wall time; every failure is a `StepError`.
-    pub async fn run(&self, request: StepRequest) -> StepOutcome {
+    pub async fn run(&self, request: &StepRequest) -> StepOutcome {
         let started = Instant::now();
-        let mut sandbox = match Sandbox::new(&self.engine, &request) {
+        let mut sandbox = match Sandbox::new(&self.engine, request) {
             Ok(s) => s,
             Err(e) => {
                 return StepOutcome {
@@ -703,7 +708,7 @@ impl Plugin {
                 };
             }
         };
-        let result = self.call(&mut sandbox, &request).await;
+        let result = self.call(&mut sandbox, request).await;
         let max = request.limits.max_output_bytes;
         let redact = |s: String| limits::truncate(request.redactor.redact(&s), max);
         let result = match result {
