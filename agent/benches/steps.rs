@@ -44,12 +44,27 @@ fn micros(d: Duration) -> String {
 fn report(title: &str, a_name: &str, a: &mut Samples, b_name: &str, b: &mut Samples) {
     let (am, bm) = (a.median(), b.median());
     println!("\n{title}");
-    println!("  {a_name:<44} median {}  p99 {}  (n={})", micros(am), micros(a.p99()), a.0.len());
-    println!("  {b_name:<44} median {}  p99 {}  (n={})", micros(bm), micros(b.p99()), b.0.len());
+    println!(
+        "  {a_name:<44} median {}  p99 {}  (n={})",
+        micros(am),
+        micros(a.p99()),
+        a.0.len()
+    );
+    println!(
+        "  {b_name:<44} median {}  p99 {}  (n={})",
+        micros(bm),
+        micros(b.p99()),
+        b.0.len()
+    );
     println!("  ratio: {:.1}x", bm.as_secs_f64() / am.as_secs_f64());
 }
 
-fn step(kind: StepKind, release_dir: &Path, params: serde_json::Value, grants: Grants) -> StepRequest {
+fn step(
+    kind: StepKind,
+    release_dir: &Path,
+    params: serde_json::Value,
+    grants: Grants,
+) -> StepRequest {
     StepRequest {
         kind,
         input: StepInput::Step(StepContext {
@@ -84,7 +99,10 @@ async fn time_steps(plugin: &Plugin, request: &StepRequest, n: usize, out: &mut 
         let outcome = plugin.run(request).await;
         out.0.push(started.elapsed());
         assert!(
-            matches!(outcome.result, Ok(StepValue::Health { .. }) | Ok(StepValue::Passed { .. })),
+            matches!(
+                outcome.result,
+                Ok(StepValue::Health { .. }) | Ok(StepValue::Passed { .. })
+            ),
             "{:?}",
             outcome.result
         );
@@ -118,7 +136,9 @@ fn http_server() -> u16 {
                     line.clear();
                 }
                 let mut stream = stream;
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
             });
         }
     });
@@ -130,9 +150,11 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
     let release = tempfile::tempdir().unwrap();
     let release_dir = release.path().canonicalize().unwrap();
+    let profiling = std::env::var("SLIPWAY_BENCH_PROFILE_STEPS").ok();
     let rt = Runtime::new(&RuntimeConfig {
         cache_dir: Some(state.path().join("cache")),
-        ..RuntimeConfig::default()
+        // valgrind cannot reserve the address space of a full pool.
+        max_instances: if profiling.is_some() { 2 } else { 256 },
     })
     .unwrap();
     println!("slipway step benchmark ({} rounds, alternating)", ROUNDS);
@@ -147,8 +169,24 @@ async fn main() {
         }],
         ..Grants::default()
     };
-    let noop_step = step(StepKind::HealthCheck, &release_dir, json!({}), release_grant.clone());
+    let noop_step = step(
+        StepKind::HealthCheck,
+        &release_dir,
+        json!({}),
+        release_grant.clone(),
+    );
     time_steps(&noop, &noop_step, 200, &mut Samples::default()).await;
+    if let Some(n) = profiling {
+        // For a profiler (callgrind): only the no-op step, n times.
+        time_steps(
+            &noop,
+            &noop_step,
+            n.parse().unwrap(),
+            &mut Samples::default(),
+        )
+        .await;
+        return;
+    }
     let (mut plugin, mut shell) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {
         time_steps(&noop, &noop_step, 2000, &mut plugin).await;
@@ -171,7 +209,12 @@ async fn main() {
         .unwrap();
     let mut grants = release_grant.clone();
     grants.http = vec![HostPattern::parse("127.0.0.1:*").unwrap()];
-    let http_step = step(StepKind::HealthCheck, &release_dir, json!({ "url": url }), grants);
+    let http_step = step(
+        StepKind::HealthCheck,
+        &release_dir,
+        json!({ "url": url }),
+        grants,
+    );
     time_steps(&http_check, &http_step, 50, &mut Samples::default()).await;
     let (mut plugin, mut curl) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {
@@ -213,7 +256,10 @@ async fn main() {
         }
     }
     report(
-        &format!("3. {name} ({} KB): compile vs compile-cache load", bytes.len() / 1024),
+        &format!(
+            "3. {name} ({} KB): compile vs compile-cache load",
+            bytes.len() / 1024
+        ),
         "cache load (mmap)",
         &mut load,
         "cold compile",

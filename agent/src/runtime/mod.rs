@@ -286,7 +286,15 @@ impl Runtime {
             .max_memory_size(limits::MAX_MEMORY_BYTES)
             .table_elements(200_000)
             .max_component_instance_size(4 << 20)
-            .max_core_instance_size(4 << 20);
+            .max_core_instance_size(4 << 20)
+            // Reset a slot by rewriting only the pages a step dirtied (found
+            // with PAGEMAP_SCAN on Linux 6.7+) instead of unmapping them: the
+            // next step pays neither the madvise nor the page faults. Halved
+            // the cost of a no-op step (37 -> 18 µs).
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
