@@ -3,3 +3,5 @@
 
 pub mod cli;
 pub mod runtime;
+pub mod store;
+pub mod supervisor;

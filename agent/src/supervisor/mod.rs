@@ -1,0 +1,1 @@
+//! Supervises app processes. (Being written; see the module spec.)
