@@ -1,0 +1,431 @@
+//! The config file: what should run where. Parsed from TOML into a typed
+//! model, then checked as a whole; every problem is reported at once as
+//! `FILE:LINE:COL: message`.
+//!
+//! It is not the state of the server: that is the journal. The config only
+//! says what *should* be; the engine makes it so. Every key is documented in
+//! `docs/config.md`.
+
+mod check;
+mod parse;
+
+pub use check::{Plugins, check};
+
+use crate::runtime::{Grants, PluginSource};
+use semver::Version;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A located problem in a config file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// All the problems found in one file, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// A position in the config file (1-based), kept so later checks can point
+/// at the key they are about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// The whole config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub agent: AgentConfig,
+    pub plugins: BTreeMap<String, PluginConfig>,
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Journal, releases, logs, compile cache. Relative to the config file.
+    pub state_dir: PathBuf,
+    /// API address (used by the API; loopback by default).
+    pub listen: String,
+    /// How long a stopped app gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// `[plugins.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub name: String,
+    pub source: PluginSource,
+    pub sha256: Option<String>,
+    pub grants: Grants,
+    /// Default wall time of this plugin's steps.
+    pub timeout: Option<Duration>,
+    /// Memory limit of this plugin's steps, in bytes.
+    pub memory: Option<usize>,
+    pub at: Loc,
+}
+
+/// `[apps.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppConfig {
+    pub name: String,
+    pub version: Version,
+    pub source: AppSource,
+    pub build: Option<StepConfig>,
+    pub keep_releases: usize,
+    /// In promotion order: every environment comes after its `promote_from`.
+    pub environments: Vec<EnvConfig>,
+}
+
+/// Where an app's source comes from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppSource {
+    /// A directory on this machine, copied into each release before build.
+    Path(PathBuf),
+}
+
+/// One step: a plugin and its params.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepConfig {
+    pub plugin: String,
+    pub params: serde_json::Value,
+    #[serde(with = "opt_millis")]
+    pub timeout: Option<Duration>,
+    #[serde(skip)]
+    pub at: Loc,
+    #[serde(skip)]
+    pub params_at: Loc,
+}
+
+/// The `health` step and how it gates.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    pub step: StepConfig,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Consecutive passes that make a release healthy.
+    pub healthy_after: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub unhealthy_after: u32,
+    /// How long a new release is watched before the next environment.
+    #[serde(with = "millis")]
+    pub bake: Duration,
+}
+
+/// `run`: the app as a process the agent supervises.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// What to do when a gate fails in an environment.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Return the environment to its last good release (the default).
+    Rollback,
+    /// Leave the failed release in place for a person to look at.
+    Stop,
+}
+
+/// `[apps.NAME.environments.ENV]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvConfig {
+    pub name: String,
+    pub promote_from: Option<String>,
+    pub run: Option<RunConfig>,
+    pub deploy: Option<StepConfig>,
+    pub smoke: Option<StepConfig>,
+    pub health: Option<HealthConfig>,
+    pub rollback: Option<StepConfig>,
+    pub on_failure: OnFailure,
+}
+
+impl AppConfig {
+    /// The canonical JSON of what, when changed, makes a new deployment.
+    pub fn spec_json(&self) -> String {
+        serde_json::to_string(self).expect("config serializes")
+    }
+
+    /// Short identity of the desired state: sha256 of [`Self::spec_json`].
+    pub fn spec_hash(&self) -> String {
+        crate::runtime::cache::sha256_hex(self.spec_json().as_bytes())[..16].to_string()
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&EnvConfig> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+}
+
+impl Config {
+    /// Read and parse a config file (syntax and shape; plugins are checked
+    /// by [`check`]).
+    pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parse config text; `file` names it in errors and anchors relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        match parse::parse(file, text) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Parse, then check against the plugins: every error of both phases.
+    pub async fn load_checked(
+        file: &Path,
+        text: &str,
+        runtime: &crate::runtime::Runtime,
+    ) -> Result<(Self, Plugins), ConfigErrors> {
+        let (config, mut errors) = parse::parse(file, text);
+        let Some(config) = config else {
+            return Err(ConfigErrors(errors));
+        };
+        match check(&config, runtime).await {
+            Ok(plugins) if errors.is_empty() => return Ok((config, plugins)),
+            Ok(_) => {}
+            Err(ConfigErrors(more)) => errors.extend(more),
+        }
+        errors.sort_by_key(|e| (e.line, e.col));
+        errors.dedup();
+        Err(ConfigErrors(errors))
+    }
+
+    /// The directory relative paths in the config are taken from.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir(&self.file)
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+/// Parse "500ms", "2s", "5m", "1h", "1m30s".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration (examples: 500ms, 2s, 5m, 1h30m)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+mod opt_millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "5", "s", "5 s", "1.5s", "5x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    /// One directory with an `app/` for every test config, so that paths
+    /// (and so spec hashes) are stable within a test run.
+    fn dir() -> &'static Path {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("app")).unwrap();
+            dir
+        })
+        .path()
+    }
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let file = dir().join("slipway.toml");
+        Config::parse(&file, text).map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.message))
+                .collect()
+        })
+    }
+
+    const GOOD: &str = r#"
+[plugins.check]
+source = "builtin:http-check"
+grants = { http = ["127.0.0.1:*"] }
+
+[apps.web]
+version = "1.2.3"
+source = { path = "app" }
+
+[apps.web.environments.production]
+promote_from = "staging"
+run = { command = "./web" }
+health = { plugin = "check", params = { url = "http://127.0.0.1:1/" }, interval = "1s", healthy_after = 2 }
+
+[apps.web.environments.staging]
+run = { command = "./web", env = { PORT = "8081" } }
+"#;
+
+    #[test]
+    fn parses_and_orders_environments_by_promotion() {
+        let config = parse(GOOD).unwrap();
+        let app = &config.apps["web"];
+        assert_eq!(app.version.to_string(), "1.2.3");
+        let order: Vec<&str> = app.environments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(order, ["staging", "production"]);
+        let health = app.environments[1].health.as_ref().unwrap();
+        assert_eq!(
+            health.bake,
+            Duration::from_secs(2),
+            "bake defaults to interval × healthy_after"
+        );
+        assert_eq!(config.plugins["check"].grants.http.len(), 1);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_location() {
+        let text = GOOD
+            .replace("version = \"1.2.3\"", "version = \"1.2\"\nversoin = 1")
+            .replace("interval = \"1s\"", "interval = \"fast\"")
+            .replace("127.0.0.1:*", "127.0.0.1");
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("4:20: `http`: `127.0.0.1`: expected host:port"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with("7:11: `version` `1.2` is not semver"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[2].starts_with("8:1: unknown key `versoin` in [apps.web]"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[3].contains("`interval`: `fast` is not a duration"),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn promotion_cycles_and_unknown_environments_are_errors() {
+        let cycle = GOOD.replace(
+            "[apps.web.environments.staging]\n",
+            "[apps.web.environments.staging]\npromote_from = \"production\"\n",
+        );
+        let errors = parse(&cycle).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("in a cycle")),
+            "{errors:#?}"
+        );
+        let unknown = GOOD.replace("promote_from = \"staging\"", "promote_from = \"qa\"");
+        let errors = parse(&unknown).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("promote_from `qa`: no such environment")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let errors = parse("[apps.web\nversion = 1").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("1:"), "{errors:#?}");
+        assert!(errors[0].contains("invalid TOML"), "{errors:#?}");
+    }
+
+    #[test]
+    fn spec_hash_changes_with_version_and_params_only() {
+        let a = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let b = parse(&GOOD.replace("1.2.3", "1.2.4")).unwrap().apps["web"].spec_hash();
+        let c = parse(&GOOD.replace("127.0.0.1:1/", "127.0.0.1:2/"))
+            .unwrap()
+            .apps["web"]
+            .spec_hash();
+        let same = parse(&GOOD.replace("[plugins.check]", "# a comment\n[plugins.check]"))
+            .unwrap()
+            .apps["web"]
+            .spec_hash();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, same);
+    }
+}

@@ -1,0 +1,705 @@
+//! TOML text to the typed model. Walks the parsed document by hand, rather
+//! than through serde, so that every problem in the file is collected with
+//! its line and column instead of stopping at the first one.
+
+use super::*;
+use crate::runtime::{DirGrant, HostPattern, builtin};
+use std::ops::Range;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Doc<'a> {
+    file: &'a Path,
+    text: &'a str,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Doc<'a> {
+    fn loc(&self, offset: usize) -> Loc {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Loc { line, col }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let Loc { line, col } = self.loc(span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// Report keys of `table` not in `known`; `what` names the table.
+    fn known_keys(&mut self, table: &DeTable<'_>, what: &str, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                self.error(
+                    key.span(),
+                    format!(
+                        "unknown key `{}` in {what} (expected one of: {})",
+                        key.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn table<'v, 'i>(&mut self, v: &'v Value<'i>, what: &str) -> Option<&'v DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be a table, not {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Value<'_>, what: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            other => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be a string, not {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: &Value<'_>, what: &str, min: i64) -> Option<i64> {
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => {
+                i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
+            _ => None,
+        };
+        match n {
+            Some(n) if n >= min => Some(n),
+            Some(n) => {
+                self.error(v.span(), format!("{what} must be at least {min}, not {n}"));
+                None
+            }
+            None => {
+                self.error(v.span(), format!("{what} must be an integer"));
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, v: &Value<'_>, what: &str) -> Option<Vec<String>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(v.span(), format!("{what} must be an array of strings"));
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            out.push(self.string(item, &format!("each item of {what}"))?);
+        }
+        Some(out)
+    }
+
+    fn string_map(&mut self, v: &Value<'_>, what: &str) -> Option<BTreeMap<String, String>> {
+        let table = self.table(v, what)?;
+        let mut out = BTreeMap::new();
+        for (k, val) in table {
+            let s = self.string(val, &format!("{what}.{}", k.get_ref()))?;
+            out.insert(k.get_ref().to_string(), s);
+        }
+        Some(out)
+    }
+
+    fn duration(&mut self, v: &Value<'_>, what: &str) -> Option<Duration> {
+        let text = self.string(v, what)?;
+        match parse_duration(&text) {
+            Ok(d) if d > Duration::ZERO => Some(d),
+            Ok(_) => {
+                self.error(v.span(), format!("{what} must be longer than zero"));
+                None
+            }
+            Err(e) => {
+                self.error(v.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+/// A required key: its value, or an error at the table's position.
+fn required<'v, 'i>(
+    doc: &mut Doc<'_>,
+    table: &'v DeTable<'i>,
+    key: &str,
+    what: &str,
+    at: Range<usize>,
+) -> Option<&'v Value<'i>> {
+    let v = table.get(key);
+    if v.is_none() {
+        doc.error(at, format!("{what} needs `{key}`"));
+    }
+    v
+}
+
+/// Parse what can be parsed: the config without the parts in error, and
+/// every error. The caller checks the partial config too, so plugin and
+/// params problems are reported in the same run as syntax ones.
+pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError>) {
+    let mut doc = Doc {
+        file,
+        text,
+        base: base_dir(file),
+        errors: Vec::new(),
+    };
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            doc.error(
+                e.span().unwrap_or(0..0),
+                format!("invalid TOML: {}", e.message()),
+            );
+            return (None, doc.errors);
+        }
+    };
+    let root_span = root.span();
+    let root = root.get_ref();
+    doc.known_keys(root, "the config", &["agent", "plugins", "apps"]);
+
+    let agent = match root.get("agent") {
+        Some(v) => agent(&mut doc, v),
+        None => Some(default_agent(&doc)),
+    };
+    let mut plugins = BTreeMap::new();
+    if let Some(table) = root.get("plugins").and_then(|v| doc.table(v, "`plugins`")) {
+        for (name, value) in table {
+            if let Some(p) = plugin(&mut doc, name.get_ref(), value) {
+                plugins.insert(name.get_ref().to_string(), p);
+            }
+        }
+    }
+    let mut apps = BTreeMap::new();
+    match root.get("apps") {
+        Some(v) => {
+            if let Some(table) = doc.table(v, "`apps`") {
+                for (name, value) in table {
+                    if let Some(a) = app(&mut doc, name.get_ref(), name.span(), value) {
+                        apps.insert(name.get_ref().to_string(), a);
+                    }
+                }
+            }
+        }
+        None => doc.error(
+            root_span.start..root_span.start,
+            "the config has no `[apps.NAME]`: nothing to deploy",
+        ),
+    }
+
+    let agent = agent.unwrap_or_else(|| default_agent(&doc));
+    doc.errors.sort_by_key(|e| (e.line, e.col));
+    let config = Config {
+        file: file.to_path_buf(),
+        agent,
+        plugins,
+        apps,
+    };
+    (Some(config), doc.errors)
+}
+
+fn default_agent(doc: &Doc<'_>) -> AgentConfig {
+    AgentConfig {
+        state_dir: doc.path(".slipway"),
+        listen: "127.0.0.1:7171".into(),
+        stop_grace: Duration::from_secs(10),
+    }
+}
+
+fn agent(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AgentConfig> {
+    let table = doc.table(v, "`[agent]`")?;
+    doc.known_keys(table, "[agent]", &["state_dir", "listen", "stop_grace"]);
+    let mut agent = default_agent(doc);
+    if let Some(v) = table.get("state_dir") {
+        let dir = doc.string(v, "`state_dir`")?;
+        agent.state_dir = doc.path(&dir);
+    }
+    if let Some(v) = table.get("listen") {
+        let listen = doc.string(v, "`listen`")?;
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            doc.error(
+                v.span(),
+                format!("`listen` must be an address like 127.0.0.1:7171, not `{listen}`"),
+            );
+        }
+        agent.listen = listen;
+    }
+    if let Some(v) = table.get("stop_grace") {
+        agent.stop_grace = doc.duration(v, "`stop_grace`")?;
+    }
+    Some(agent)
+}
+
+fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> {
+    let what = format!("[plugins.{name}]");
+    let table = doc.table(v, &what)?;
+    doc.known_keys(
+        table,
+        &what,
+        &["source", "sha256", "grants", "timeout", "memory_mb"],
+    );
+    let at = doc.loc(v.span().start);
+    let source_v = required(doc, table, "source", &what, v.span())?;
+    let source_text = doc.string(source_v, "`source`")?;
+    let source = match source_text.strip_prefix("builtin:") {
+        Some(b) if builtin::get(b).is_none() => {
+            doc.error(
+                source_v.span(),
+                format!(
+                    "unknown builtin plugin `{b}` (builtins: {})",
+                    builtin::names().join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(b) => PluginSource::Builtin(b.to_string()),
+        None => PluginSource::File(doc.path(&source_text)),
+    };
+    let sha256 = match table.get("sha256") {
+        Some(v) => {
+            let s = doc.string(v, "`sha256`")?;
+            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                doc.error(v.span(), "`sha256` must be 64 hex digits");
+            }
+            Some(s.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let grants = match table.get("grants") {
+        Some(v) => grants(doc, v, &format!("{what} grants"))?,
+        None => Grants::default(),
+    };
+    let timeout = match table.get("timeout") {
+        Some(v) => Some(doc.duration(v, "`timeout`")?),
+        None => None,
+    };
+    let memory = match table.get("memory_mb") {
+        Some(v) => {
+            let mb = doc.integer(v, "`memory_mb`", 1)? as usize;
+            if mb > crate::runtime::limits::MAX_MEMORY_BYTES >> 20 {
+                doc.error(
+                    v.span(),
+                    format!(
+                        "`memory_mb` may be at most {}",
+                        crate::runtime::limits::MAX_MEMORY_BYTES >> 20
+                    ),
+                );
+            }
+            Some(mb << 20)
+        }
+        None => None,
+    };
+    Some(PluginConfig {
+        name: name.to_string(),
+        source,
+        sha256,
+        grants,
+        timeout,
+        memory,
+        at,
+    })
+}
+
+fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
+    let table = doc.table(v, what)?;
+    doc.known_keys(
+        table,
+        what,
+        &["dirs", "dirs_rw", "http", "tcp", "exec", "env", "secrets"],
+    );
+    let mut g = Grants::default();
+    for (key, write) in [("dirs", false), ("dirs_rw", true)] {
+        if let Some(v) = table.get(key) {
+            for dir in doc.strings(v, &format!("`{key}`"))? {
+                g.dirs.push(DirGrant {
+                    path: doc.path(&dir),
+                    write,
+                });
+            }
+        }
+    }
+    for key in ["http", "tcp"] {
+        let Some(v) = table.get(key) else { continue };
+        let DeValue::Array(items) = v.get_ref() else {
+            doc.error(
+                v.span(),
+                format!("`{key}` must be an array of \"host:port\" strings"),
+            );
+            continue;
+        };
+        let mut patterns = Vec::new();
+        for item in items {
+            let Some(text) = doc.string(item, &format!("each item of `{key}`")) else {
+                continue;
+            };
+            match HostPattern::parse(&text) {
+                Ok(p) => patterns.push(p),
+                Err(e) => doc.error(item.span(), format!("`{key}`: {e}")),
+            }
+        }
+        if key == "http" {
+            g.http = patterns
+        } else {
+            g.tcp = patterns
+        }
+    }
+    if let Some(v) = table.get("exec") {
+        g.exec = doc.strings(v, "`exec`")?;
+    }
+    if let Some(v) = table.get("env") {
+        g.env = doc.string_map(v, "`env`")?;
+    }
+    if let Some(v) = table.get("secrets") {
+        g.secrets = doc.strings(v, "`secrets`")?;
+    }
+    Some(g)
+}
+
+fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) -> Option<AppConfig> {
+    let what = format!("[apps.{name}]");
+    let table = doc.table(v, &what)?;
+    doc.known_keys(
+        table,
+        &what,
+        &[
+            "version",
+            "source",
+            "build",
+            "keep_releases",
+            "environments",
+        ],
+    );
+    let version = required(doc, table, "version", &what, name_span.clone()).and_then(|v| {
+        let text = doc.string(v, "`version`")?;
+        match Version::parse(&text) {
+            Ok(version) => Some(version),
+            Err(e) => {
+                doc.error(
+                    v.span(),
+                    format!("`version` `{text}` is not semver (like 1.4.2): {e}"),
+                );
+                // Keep going with a placeholder so the steps are checked too.
+                Some(Version::new(0, 0, 0))
+            }
+        }
+    });
+    let source = required(doc, table, "source", &what, name_span.clone()).and_then(|v| {
+        let t = doc.table(v, "`source`")?;
+        doc.known_keys(t, "`source`", &["path"]);
+        let p = required(doc, t, "path", "`source`", v.span())?;
+        let path = doc.string(p, "`source.path`")?;
+        let path = doc.path(&path);
+        if !path.is_dir() {
+            doc.error(
+                p.span(),
+                format!("`source.path` {} is not a directory", path.display()),
+            );
+        }
+        Some(AppSource::Path(path))
+    });
+    let build = table.get("build").and_then(|v| step(doc, v, "`build`"));
+    let keep_releases = match table.get("keep_releases") {
+        Some(v) => doc.integer(v, "`keep_releases`", 1).map(|n| n as usize),
+        None => Some(5),
+    };
+    let mut environments = Vec::new();
+    match table.get("environments") {
+        Some(v) => {
+            if let Some(envs) = doc.table(v, "`environments`") {
+                for (env_name, env_v) in envs {
+                    if let Some(e) = environment(doc, name, env_name.get_ref(), env_v) {
+                        environments.push((e, env_name.span()));
+                    }
+                }
+            }
+        }
+        None => doc.error(
+            name_span.clone(),
+            format!("{what} has no `[apps.{name}.environments.ENV]`"),
+        ),
+    }
+    let environments = promotion_order(doc, name, environments)?;
+    Some(AppConfig {
+        name: name.to_string(),
+        version: version?,
+        source: source?,
+        build,
+        keep_releases: keep_releases?,
+        environments,
+    })
+}
+
+/// Order environments so each follows its `promote_from`; report unknown
+/// references and cycles.
+fn promotion_order(
+    doc: &mut Doc<'_>,
+    app: &str,
+    envs: Vec<(EnvConfig, Range<usize>)>,
+) -> Option<Vec<EnvConfig>> {
+    let names: Vec<String> = envs.iter().map(|(e, _)| e.name.clone()).collect();
+    let mut ok = true;
+    for (e, span) in &envs {
+        if let Some(from) = e.promote_from.as_ref().filter(|f| !names.contains(f)) {
+            doc.error(
+                span.clone(),
+                format!(
+                    "[apps.{app}.environments.{}] promote_from `{from}`: no such environment",
+                    e.name
+                ),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        // Keep the file order so the steps are still checked.
+        return Some(envs.into_iter().map(|(e, _)| e).collect());
+    }
+    let mut ordered: Vec<EnvConfig> = Vec::new();
+    let mut pending = envs;
+    while !pending.is_empty() {
+        let before = pending.len();
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            pending
+                .into_iter()
+                .partition(|(e, _)| match &e.promote_from {
+                    None => true,
+                    Some(from) => ordered.iter().any(|o| &o.name == from),
+                });
+        ordered.extend(ready.into_iter().map(|(e, _)| e));
+        pending = rest;
+        if pending.len() == before {
+            let cycle: Vec<&str> = pending.iter().map(|(e, _)| e.name.as_str()).collect();
+            doc.error(
+                pending[0].1.clone(),
+                format!(
+                    "[apps.{app}] environments promote from each other in a cycle: {}",
+                    cycle.join(" -> ")
+                ),
+            );
+            return None;
+        }
+    }
+    Some(ordered)
+}
+
+fn environment(doc: &mut Doc<'_>, app: &str, name: &str, v: &Value<'_>) -> Option<EnvConfig> {
+    let what = format!("[apps.{app}.environments.{name}]");
+    let table = doc.table(v, &what)?;
+    doc.known_keys(
+        table,
+        &what,
+        &[
+            "promote_from",
+            "run",
+            "deploy",
+            "smoke",
+            "health",
+            "rollback",
+            "on_failure",
+        ],
+    );
+    let promote_from = table
+        .get("promote_from")
+        .and_then(|v| doc.string(v, "`promote_from`"));
+    let run = table.get("run").and_then(|v| run(doc, v));
+    let deploy = table.get("deploy").and_then(|v| step(doc, v, "`deploy`"));
+    let smoke = table.get("smoke").and_then(|v| step(doc, v, "`smoke`"));
+    let health = table.get("health").and_then(|v| health(doc, v));
+    let rollback = table
+        .get("rollback")
+        .and_then(|v| step(doc, v, "`rollback`"));
+    let on_failure = match table.get("on_failure") {
+        Some(v) => match doc.string(v, "`on_failure`").as_deref() {
+            Some("rollback") => OnFailure::Rollback,
+            Some("stop") => OnFailure::Stop,
+            Some(other) => {
+                doc.error(
+                    v.span(),
+                    format!("`on_failure` must be \"rollback\" or \"stop\", not \"{other}\""),
+                );
+                OnFailure::Rollback
+            }
+            None => OnFailure::Rollback,
+        },
+        None => OnFailure::Rollback,
+    };
+    if run.is_none()
+        && deploy.is_none()
+        && !table.contains_key("run")
+        && !table.contains_key("deploy")
+    {
+        doc.error(
+            v.span(),
+            format!("{what} needs `run` (a process the agent runs) or `deploy` (a plugin)"),
+        );
+    }
+    Some(EnvConfig {
+        name: name.to_string(),
+        promote_from,
+        run,
+        deploy,
+        smoke,
+        health,
+        rollback,
+        on_failure,
+    })
+}
+
+fn run(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<RunConfig> {
+    let table = doc.table(v, "`run`")?;
+    doc.known_keys(table, "`run`", &["command", "args", "env", "cwd"]);
+    let command = required(doc, table, "command", "`run`", v.span())?;
+    let command = doc.string(command, "`run.command`")?;
+    let args = match table.get("args") {
+        Some(v) => doc.strings(v, "`run.args`")?,
+        None => Vec::new(),
+    };
+    let env = match table.get("env") {
+        Some(v) => doc.string_map(v, "`run.env`")?,
+        None => BTreeMap::new(),
+    };
+    let cwd = match table.get("cwd") {
+        Some(v) => Some(doc.string(v, "`run.cwd`")?),
+        None => None,
+    };
+    Some(RunConfig {
+        command,
+        args,
+        env,
+        cwd,
+    })
+}
+
+fn step(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<StepConfig> {
+    let table = doc.table(v, what)?;
+    doc.known_keys(table, what, &["plugin", "params", "timeout"]);
+    step_fields(doc, v, table, what)
+}
+
+fn step_fields(
+    doc: &mut Doc<'_>,
+    v: &Value<'_>,
+    table: &DeTable<'_>,
+    what: &str,
+) -> Option<StepConfig> {
+    let plugin = required(doc, table, "plugin", what, v.span())?;
+    let plugin = doc.string(plugin, "`plugin`")?;
+    let (params, params_at) = match table.get("params") {
+        Some(p) => (to_json(p.get_ref()), doc.loc(p.span().start)),
+        None => (serde_json::json!({}), doc.loc(v.span().start)),
+    };
+    let timeout = match table.get("timeout") {
+        Some(t) => Some(doc.duration(t, "`timeout`")?),
+        None => None,
+    };
+    Some(StepConfig {
+        plugin,
+        params,
+        timeout,
+        at: doc.loc(v.span().start),
+        params_at,
+    })
+}
+
+fn health(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<HealthConfig> {
+    let table = doc.table(v, "`health`")?;
+    doc.known_keys(
+        table,
+        "`health`",
+        &[
+            "plugin",
+            "params",
+            "timeout",
+            "interval",
+            "healthy_after",
+            "unhealthy_after",
+            "bake",
+        ],
+    );
+    let step = step_fields(doc, v, table, "`health`")?;
+    let interval = match table.get("interval") {
+        Some(v) => doc.duration(v, "`interval`")?,
+        None => Duration::from_secs(2),
+    };
+    let healthy_after = match table.get("healthy_after") {
+        Some(v) => doc.integer(v, "`healthy_after`", 1)? as u32,
+        None => 1,
+    };
+    let unhealthy_after = match table.get("unhealthy_after") {
+        Some(v) => doc.integer(v, "`unhealthy_after`", 1)? as u32,
+        None => 2,
+    };
+    let bake = match table.get("bake") {
+        Some(v) => doc.duration(v, "`bake`")?,
+        None => interval * healthy_after,
+    };
+    if bake < interval * healthy_after {
+        doc.error(
+            v.span(),
+            format!(
+                "`bake` ({} ms) is shorter than `interval` × `healthy_after` ({} ms): the release could never pass",
+                bake.as_millis(),
+                (interval * healthy_after).as_millis()
+            ),
+        );
+    }
+    Some(HealthConfig {
+        step,
+        interval,
+        healthy_after,
+        unhealthy_after,
+        bake,
+    })
+}
+
+/// TOML params to the JSON a plugin receives.
+fn to_json(v: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .map(J::from)
+            .unwrap_or(J::Null),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(a) => J::Array(a.iter().map(|x| to_json(x.get_ref())).collect()),
+        DeValue::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, x)| (k.get_ref().to_string(), to_json(x.get_ref())))
+                .collect(),
+        ),
+    }
+}
