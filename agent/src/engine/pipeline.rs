@@ -1,0 +1,738 @@
+//! One deployment of one app: build → per environment (activate → smoke →
+//! health bake) → done, or a failed gate → rollback of that environment.
+
+use super::{Desired, Shared};
+use crate::config::{EnvConfig, HealthConfig, OnFailure, StepConfig};
+use crate::runtime::{
+    DirGrant, Health, Limits, Plugin, Redactor, ReleaseRef, StepContext, StepError, StepInput,
+    StepKind, StepLabels, StepOutcome, StepRequest, StepValue,
+};
+use crate::store::{DeploymentState, LogRecord, Release};
+use crate::supervisor::{RunSpec, log_tail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default wall time of a build step, and of every other step.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deploy the desired state unless it is already there or pinned as bad.
+pub(super) async fn reconcile(shared: &Arc<Shared>, desired: &Desired) {
+    let app = &desired.app;
+    let hash = app.spec_hash();
+    let journal = &shared.journal;
+    match journal.pin_for(&app.name, &hash) {
+        Ok(Some(pin)) => {
+            tracing::info!(app = %app.name, version = %app.version, reason = %pin.reason,
+                "not deploying: this version and config failed before (change the config to retry)");
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(app = %app.name, error = %e, "journal unreadable; not deploying");
+            return;
+        }
+    }
+    if let Ok(Some(last)) = journal.latest_deployment_for_spec(&app.name, &hash)
+        && last.state == DeploymentState::Succeeded
+        && all_envs_run(shared, desired, last.release_id.as_deref())
+    {
+        tracing::debug!(app = %app.name, version = %app.version, "up to date");
+        return;
+    }
+    let mut run = Deployment::start(shared.clone(), desired.clone(), hash);
+    match run.as_mut() {
+        Ok(d) => d.run().await,
+        Err(e) => tracing::error!(app = %app.name, error = %e, "could not start a deployment"),
+    }
+}
+
+fn all_envs_run(shared: &Shared, desired: &Desired, release: Option<&str>) -> bool {
+    desired.app.environments.iter().all(|env| {
+        matches!(shared.journal.env_state(&desired.app.name, &env.name),
+            Ok(Some(s)) if s.current_release.as_deref() == release)
+    })
+}
+
+/// A deployment in progress.
+struct Deployment {
+    shared: Arc<Shared>,
+    desired: Desired,
+    hash: String,
+    id: i64,
+    release: Option<ReleaseRef>,
+}
+
+impl Deployment {
+    fn start(shared: Arc<Shared>, desired: Desired, hash: String) -> Result<Self, String> {
+        let app = &desired.app;
+        let id = shared
+            .journal
+            .start_deployment(&app.name, &app.version.to_string(), &hash, &app.spec_json())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(app = %app.name, version = %app.version, deployment = id, "deployment started");
+        Ok(Self {
+            shared,
+            desired,
+            hash,
+            id,
+            release: None,
+        })
+    }
+
+    fn app(&self) -> &str {
+        &self.desired.app.name
+    }
+
+    async fn run(&mut self) {
+        let release = match self.build().await {
+            Ok(r) => r,
+            Err(reason) => return self.fail(&reason),
+        };
+        self.release = Some(release.clone());
+        for env in self.desired.app.environments.clone() {
+            if let Err(reason) = self.promote(&env, &release).await {
+                let reason = format!("{}: {reason}", env.name);
+                self.gate_failed(&env, &release).await;
+                return self.fail(&reason);
+            }
+        }
+        self.finish(DeploymentState::Succeeded, None);
+        tracing::info!(app = %self.app(), version = %release.version, deployment = self.id, "deployment succeeded");
+        self.prune_releases();
+    }
+
+    /// Record the failure and pin this (version, source, params), so an
+    /// automatic rollback never turns into a redeploy loop.
+    fn fail(&self, reason: &str) {
+        tracing::warn!(app = %self.app(), deployment = self.id, reason = %reason, "deployment failed");
+        self.finish(DeploymentState::Failed, Some(reason));
+        if let Err(e) = self
+            .shared
+            .journal
+            .pin(self.app(), &self.hash, reason, self.id)
+        {
+            tracing::error!(error = %e, "could not pin the failed version");
+        }
+    }
+
+    fn finish(&self, state: DeploymentState, reason: Option<&str>) {
+        if let Err(e) = self
+            .shared
+            .journal
+            .finish_deployment(self.id, state, reason)
+        {
+            tracing::error!(deployment = self.id, error = %e, "could not record the end of the deployment");
+        }
+    }
+
+    /// Copy the source into a new release dir and run the build step there.
+    async fn build(&mut self) -> Result<ReleaseRef, String> {
+        let app = &self.desired.app;
+        let id = format!("{}-{}", app.version, self.id);
+        let dir = self
+            .shared
+            .state_dir
+            .join("releases")
+            .join(&app.name)
+            .join(&id);
+        let crate::config::AppSource::Path(source) = &app.source;
+        let (src, dst) = (source.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || copy_dir(&src, &dst))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                format!(
+                    "copying the source {} to {}: {e}",
+                    source.display(),
+                    dir.display()
+                )
+            })?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let release = ReleaseRef {
+            version: app.version.to_string(),
+            id: id.clone(),
+            dir: dir.clone(),
+        };
+        let mut artifact_dir = dir.clone();
+        if let Some(step) = app.build.clone() {
+            let outcome = self
+                .step(None, StepKind::Build, &step, &release, None, 1)
+                .await;
+            match outcome.result {
+                Ok(StepValue::Artifact { dir: a, .. }) => artifact_dir = PathBuf::from(a),
+                Ok(other) => return Err(format!("build returned {other:?}, not an artifact")),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(format!("build failed: {e}"));
+                }
+            }
+        }
+        let record = Release {
+            id: id.clone(),
+            app: app.name.clone(),
+            version: app.version.to_string(),
+            dir: dir.display().to_string(),
+            artifact_dir: artifact_dir.display().to_string(),
+            created_at: crate::store::now_ms(),
+        };
+        self.shared
+            .journal
+            .record_release(&record)
+            .map_err(|e| e.to_string())?;
+        self.shared
+            .journal
+            .set_deployment_release(self.id, &id)
+            .map_err(|e| e.to_string())?;
+        Ok(release)
+    }
+
+    /// Activate, smoke-test and bake one environment.
+    async fn promote(&mut self, env: &EnvConfig, release: &ReleaseRef) -> Result<(), String> {
+        let journal = &self.shared.journal;
+        let previous = self.env_release(&env.name, |s| s.current_release.clone());
+        journal
+            .set_current_release(
+                self.app(),
+                &env.name,
+                Some(&release.id),
+                Some(self.id),
+                "activating",
+            )
+            .map_err(|e| e.to_string())?;
+        self.activate(env, release, previous.as_ref()).await?;
+        if let Some(smoke) = &env.smoke {
+            let outcome = self
+                .step(
+                    Some(env),
+                    StepKind::SmokeTest,
+                    smoke,
+                    release,
+                    previous.as_ref(),
+                    1,
+                )
+                .await;
+            if let Err(e) = outcome.result {
+                return Err(format!("smoke test failed: {e}{}", self.app_log(env)));
+            }
+        }
+        if let Some(health) = &env.health {
+            self.bake(env, health, release, previous.as_ref()).await?;
+        }
+        journal
+            .set_last_good_release(self.app(), &env.name, &release.id)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(app = %self.app(), env = %env.name, release = %release.id, "environment healthy");
+        Ok(())
+    }
+
+    /// Deploy plugin, then the supervised process.
+    async fn activate(
+        &self,
+        env: &EnvConfig,
+        release: &ReleaseRef,
+        previous: Option<&ReleaseRef>,
+    ) -> Result<(), String> {
+        if let Some(deploy) = &env.deploy {
+            let outcome = self
+                .step(Some(env), StepKind::Deploy, deploy, release, previous, 1)
+                .await;
+            if let Err(e) = outcome.result {
+                return Err(format!("deploy failed: {e}"));
+            }
+        }
+        if let Some(run) = &env.run {
+            let spec = run_spec(&self.shared.state_dir, self.app(), env, run, release);
+            self.shared
+                .supervisor
+                .start(self.app(), &env.name, &release.id, spec)
+                .await
+                .map_err(|e| format!("could not start the app: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Health checks every `interval` for `bake`: fail at `unhealthy_after`
+    /// consecutive failures; pass with `healthy_after` consecutive passes.
+    async fn bake(
+        &self,
+        env: &EnvConfig,
+        health: &HealthConfig,
+        release: &ReleaseRef,
+        previous: Option<&ReleaseRef>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + health.bake;
+        let (mut passes, mut failures, mut attempt) = (0u32, 0u32, 0u32);
+        let mut last: String;
+        loop {
+            attempt += 1;
+            let outcome = self
+                .step(
+                    Some(env),
+                    StepKind::HealthCheck,
+                    &health.step,
+                    release,
+                    previous,
+                    attempt,
+                )
+                .await;
+            match outcome.result {
+                Ok(StepValue::Health {
+                    status: Health::Healthy,
+                    message,
+                }) => {
+                    passes += 1;
+                    failures = 0;
+                    last = message;
+                }
+                Ok(StepValue::Health { status, message }) => {
+                    passes = 0;
+                    failures += 1;
+                    last = format!("{status:?}: {message}").to_lowercase();
+                }
+                other => {
+                    passes = 0;
+                    failures += 1;
+                    last = match other {
+                        Err(e) => e.to_string(),
+                        Ok(v) => format!("unexpected result {v:?}"),
+                    };
+                }
+            }
+            if failures >= health.unhealthy_after {
+                return Err(format!(
+                    "unhealthy: {failures} consecutive failed health checks; last: {last}{}",
+                    self.app_log(env)
+                ));
+            }
+            if Instant::now() + health.interval > deadline {
+                break;
+            }
+            tokio::time::sleep(health.interval).await;
+        }
+        if passes >= health.healthy_after {
+            Ok(())
+        } else {
+            Err(format!(
+                "not healthy within {} ms ({passes} of {} consecutive passes); last: {last}{}",
+                health.bake.as_millis(),
+                health.healthy_after,
+                self.app_log(env)
+            ))
+        }
+    }
+
+    /// Return a failed environment to its last good release (or leave it,
+    /// with `on_failure = "stop"`).
+    async fn gate_failed(&self, env: &EnvConfig, failed: &ReleaseRef) {
+        if env.on_failure == OnFailure::Stop {
+            tracing::warn!(app = %self.app(), env = %env.name, "gate failed; on_failure = stop: leaving the release in place");
+            return;
+        }
+        let last_good = self.env_release(&env.name, |s| s.last_good_release.clone());
+        rollback(
+            &self.shared,
+            &self.desired,
+            env,
+            failed,
+            last_good.as_ref(),
+            Some(self.id),
+        )
+        .await;
+    }
+
+    fn env_release(
+        &self,
+        env: &str,
+        pick: impl Fn(&crate::store::EnvState) -> Option<String>,
+    ) -> Option<ReleaseRef> {
+        let state = self
+            .shared
+            .journal
+            .env_state(self.app(), env)
+            .ok()
+            .flatten()?;
+        release_ref(&self.shared, &pick(&state)?)
+    }
+
+    /// The tail of the app's own log, for a failed gate's reason.
+    fn app_log(&self, env: &EnvConfig) -> String {
+        if env.run.is_none() {
+            return String::new();
+        }
+        let tail = log_tail(&log_file(&self.shared.state_dir, self.app(), &env.name), 10);
+        if tail.trim().is_empty() {
+            String::new()
+        } else {
+            format!("\napp log (last lines):\n{tail}")
+        }
+    }
+
+    async fn step(
+        &self,
+        env: Option<&EnvConfig>,
+        kind: StepKind,
+        step: &StepConfig,
+        release: &ReleaseRef,
+        previous: Option<&ReleaseRef>,
+        attempt: u32,
+    ) -> StepOutcome {
+        run_step(
+            &self.shared,
+            &self.desired,
+            Some(self.id),
+            env,
+            kind,
+            step,
+            release,
+            previous,
+            attempt,
+        )
+        .await
+    }
+
+    /// Keep the newest `keep_releases` releases; never remove one an
+    /// environment runs or would roll back to.
+    fn prune_releases(&self) {
+        let journal = &self.shared.journal;
+        let Ok(releases) = journal.releases(self.app()) else {
+            return;
+        };
+        let in_use: Vec<String> = journal
+            .env_states()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.app == self.app())
+            .flat_map(|s| [s.current_release, s.last_good_release])
+            .flatten()
+            .collect();
+        for old in releases.iter().skip(self.desired.app.keep_releases) {
+            if in_use.contains(&old.id) {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&old.dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(release = %old.id, error = %e, "could not remove an old release");
+                continue;
+            }
+            let _ = journal.mark_release_removed(&old.id);
+            tracing::info!(app = %self.app(), release = %old.id, "removed old release");
+        }
+    }
+}
+
+/// Put `env` back on `target` (or stop it if there is none), then check its
+/// health once more. Shared by failed gates and crash recovery.
+pub(super) async fn rollback(
+    shared: &Arc<Shared>,
+    desired: &Desired,
+    env: &EnvConfig,
+    failed: &ReleaseRef,
+    target: Option<&ReleaseRef>,
+    deployment: Option<i64>,
+) {
+    let app = &desired.app.name;
+    let journal = &shared.journal;
+    let Some(target) = target.filter(|t| t.id != failed.id) else {
+        tracing::warn!(app = %app, env = %env.name, "no earlier good release: stopping the environment");
+        let _ = journal.set_current_release(app, &env.name, None, deployment, "stopped");
+        let _ = shared.supervisor.stop(app, &env.name).await;
+        return;
+    };
+    if let Err(e) =
+        journal.set_current_release(app, &env.name, Some(&target.id), deployment, "rolled-back")
+    {
+        tracing::error!(error = %e, "could not record the rollback; not acting on it");
+        return;
+    }
+    tracing::warn!(app = %app, env = %env.name, from = %failed.id, to = %target.id, "rolling back");
+    if let Some(step) = &env.rollback {
+        let outcome = run_step(
+            shared,
+            desired,
+            deployment,
+            Some(env),
+            StepKind::Rollback,
+            step,
+            failed,
+            Some(target),
+            1,
+        )
+        .await;
+        if let Err(e) = outcome.result {
+            tracing::error!(app = %app, env = %env.name, error = %e, "rollback plugin failed");
+        }
+    } else if let Some(deploy) = &env.deploy {
+        let outcome = run_step(
+            shared,
+            desired,
+            deployment,
+            Some(env),
+            StepKind::Deploy,
+            deploy,
+            target,
+            Some(failed),
+            1,
+        )
+        .await;
+        if let Err(e) = outcome.result {
+            tracing::error!(app = %app, env = %env.name, error = %e, "re-deploying the last good release failed");
+        }
+    }
+    if let Some(run) = &env.run {
+        let spec = run_spec(&shared.state_dir, app, env, run, target);
+        if let Err(e) = shared
+            .supervisor
+            .start(app, &env.name, &target.id, spec)
+            .await
+        {
+            tracing::error!(app = %app, env = %env.name, error = %e, "could not restart the last good release");
+            return;
+        }
+    }
+    if let Some(health) = &env.health {
+        let deadline = Instant::now() + health.bake;
+        let mut passes = 0;
+        let mut attempt = 0;
+        while passes < health.healthy_after && Instant::now() < deadline {
+            attempt += 1;
+            let outcome = run_step(
+                shared,
+                desired,
+                deployment,
+                Some(env),
+                StepKind::HealthCheck,
+                &health.step,
+                target,
+                None,
+                attempt,
+            )
+            .await;
+            if matches!(
+                outcome.result,
+                Ok(StepValue::Health {
+                    status: Health::Healthy,
+                    ..
+                })
+            ) {
+                passes += 1;
+            } else {
+                passes = 0;
+            }
+            if passes < health.healthy_after {
+                tokio::time::sleep(health.interval).await;
+            }
+        }
+        if passes >= health.healthy_after {
+            tracing::info!(app = %app, env = %env.name, release = %target.id, "rolled back and healthy");
+        } else {
+            tracing::error!(app = %app, env = %env.name, release = %target.id, "rolled back, but the last good release is not healthy either");
+        }
+    }
+}
+
+/// Run one step of a plugin and journal it (start, end, outcome, logs).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_step(
+    shared: &Shared,
+    desired: &Desired,
+    deployment: Option<i64>,
+    env: Option<&EnvConfig>,
+    kind: StepKind,
+    step: &StepConfig,
+    release: &ReleaseRef,
+    previous: Option<&ReleaseRef>,
+    attempt: u32,
+) -> StepOutcome {
+    let app = &desired.app.name;
+    let env_name = env.map(|e| e.name.clone());
+    let (plugin, plugin_cfg) = match (
+        desired.plugins.get(&step.plugin),
+        desired.config.plugins.get(&step.plugin),
+    ) {
+        (Some(p), Some(c)) => (p.clone(), c.clone()),
+        _ => {
+            return StepOutcome {
+                result: Err(StepError::Setup(format!(
+                    "plugin `{}` is not loaded",
+                    step.plugin
+                ))),
+                logs: Vec::new(),
+                duration: Duration::ZERO,
+            };
+        }
+    };
+    let step_id = deployment.and_then(|d| {
+        shared
+            .journal
+            .start_step(d, env_name.as_deref(), kind.as_str(), &step.plugin, attempt)
+            .map_err(|e| tracing::error!(error = %e, "could not journal a step"))
+            .ok()
+    });
+    let mut grants = plugin_cfg.grants.clone();
+    grants.dirs.push(DirGrant {
+        path: release.dir.clone(),
+        write: kind == StepKind::Build,
+    });
+    let default_timeout = if kind == StepKind::Build {
+        BUILD_TIMEOUT
+    } else {
+        STEP_TIMEOUT
+    };
+    let limits = Limits {
+        wall_time: step
+            .timeout
+            .or(plugin_cfg.timeout)
+            .unwrap_or(default_timeout),
+        memory_bytes: plugin_cfg.memory.unwrap_or(Limits::default().memory_bytes),
+        ..Limits::default()
+    };
+    let request = StepRequest {
+        kind,
+        input: StepInput::Step(StepContext {
+            app: app.clone(),
+            environment: env_name.clone(),
+            release: release.clone(),
+            previous_release: previous.cloned(),
+            params: step.params.clone(),
+            attempt,
+        }),
+        grants,
+        limits,
+        secrets: Default::default(),
+        redactor: Redactor::default(),
+        labels: StepLabels {
+            plugin: step.plugin.clone(),
+            kind: kind.to_string(),
+            app: app.clone(),
+            environment: env_name.clone().unwrap_or_default(),
+            deployment: deployment.map(|d| d.to_string()).unwrap_or_default(),
+        },
+    };
+    let outcome = plugin.run(&request).await;
+    log_outcome(&plugin, &request, &outcome);
+    if let Some(step_id) = step_id {
+        let (result, message) = describe(&outcome);
+        let logs: Vec<LogRecord> = outcome
+            .logs
+            .iter()
+            .map(|l| LogRecord {
+                at: l
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                level: format!("{:?}", l.level).to_lowercase(),
+                source: format!("{:?}", l.source).to_lowercase(),
+                message: l.message.clone(),
+                fields: l.fields.clone(),
+            })
+            .collect();
+        if let Err(e) = shared.journal.finish_step(step_id, result, &message, &logs) {
+            tracing::error!(error = %e, "could not journal a step result");
+        }
+    }
+    outcome
+}
+
+/// (outcome word, message) for the journal.
+fn describe(outcome: &StepOutcome) -> (&'static str, String) {
+    match &outcome.result {
+        Ok(StepValue::Health {
+            status: Health::Healthy,
+            message,
+        }) => ("healthy", message.clone()),
+        Ok(StepValue::Health {
+            status: Health::Unhealthy,
+            message,
+        }) => ("unhealthy", message.clone()),
+        Ok(StepValue::Health {
+            status: Health::Unknown,
+            message,
+        }) => ("unknown", message.clone()),
+        Ok(StepValue::Passed { report }) => ("ok", report.clone()),
+        Ok(StepValue::Artifact { dir, .. }) => ("ok", format!("artifact {dir}")),
+        Ok(StepValue::Done) => ("ok", String::new()),
+        Err(StepError::Failed(m)) => ("failed", m.clone()),
+        Err(e @ StepError::Timeout(_)) => ("timeout", e.to_string()),
+        Err(e @ StepError::ResourceLimit(_)) => ("limit", e.to_string()),
+        Err(e @ StepError::Trap(_)) => ("trap", e.to_string()),
+        Err(e) => ("error", e.to_string()),
+    }
+}
+
+fn log_outcome(plugin: &Plugin, request: &StepRequest, outcome: &StepOutcome) {
+    let (result, message) = describe(outcome);
+    let l = &request.labels;
+    tracing::info!(
+        app = %l.app, env = %l.environment, deployment = %l.deployment, step = %l.kind,
+        plugin = %plugin.info().name, result, took_ms = outcome.duration.as_millis() as u64,
+        "{}", message.lines().next().unwrap_or("")
+    );
+}
+
+/// The journal's record of a release, as a step sees it.
+pub(super) fn release_ref(shared: &Shared, id: &str) -> Option<ReleaseRef> {
+    let r = shared.journal.release(id).ok().flatten()?;
+    Some(ReleaseRef {
+        version: r.version,
+        id: r.id,
+        dir: PathBuf::from(r.dir),
+    })
+}
+
+pub(super) fn log_file(state_dir: &Path, app: &str, env: &str) -> PathBuf {
+    state_dir.join("logs").join(app).join(format!("{env}.log"))
+}
+
+/// How the supervisor runs `release` in `env`.
+pub(super) fn run_spec(
+    state_dir: &Path,
+    app: &str,
+    env: &EnvConfig,
+    run: &crate::config::RunConfig,
+    release: &ReleaseRef,
+) -> RunSpec {
+    let mut vars = run.env.clone();
+    vars.insert("SLIPWAY_APP".into(), app.to_string());
+    vars.insert("SLIPWAY_ENVIRONMENT".into(), env.name.clone());
+    vars.insert("SLIPWAY_VERSION".into(), release.version.clone());
+    vars.insert("SLIPWAY_RELEASE_ID".into(), release.id.clone());
+    let cwd = match &run.cwd {
+        Some(c) => release.dir.join(c),
+        None => release.dir.clone(),
+    };
+    RunSpec {
+        command: run.command.clone(),
+        args: run.args.clone(),
+        env: vars,
+        cwd,
+        log_file: log_file(state_dir, app, &env.name),
+    }
+}
+
+/// Copy an app's source tree, leaving out build output and VCS data.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" || name == ".git" || name == ".slipway" {
+            continue;
+        }
+        let ty = entry.file_type()?;
+        let dest = to.join(&name);
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
