@@ -1,0 +1,68 @@
+//! The quickstart app: a tiny web server with `/` and `/healthz`.
+//!
+//! Its version is baked in at build time from `SLIPWAY_VERSION` (the
+//! `command` plugin sets it), and the version's pre-release tag picks a
+//! behaviour so every path of a deployment can be tried by editing one line:
+//! - `1.2.0`: healthy;
+//! - `1.2.0-broken`: `/` answers 500, so the smoke test stops it in staging;
+//! - `1.2.0-sick`: passes the smoke test, then `/healthz` turns 503 three
+//!   seconds after start, so the health gate rolls it back.
+//!
+//! Std only, so it builds with plain `rustc` in about a second.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const VERSION: &str = match option_env!("SLIPWAY_VERSION") {
+    Some(v) => v,
+    None => "dev",
+};
+
+fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let env = std::env::var("SLIPWAY_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+    let listener = match TcpListener::bind(format!("127.0.0.1:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hello {VERSION}: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("hello {VERSION} ({env}) listening on 127.0.0.1:{port}");
+    let started = Instant::now();
+    for stream in listener.incoming().flatten() {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        handle(stream, started, &env);
+    }
+}
+
+fn handle(stream: TcpStream, started: Instant, env: &str) {
+    let mut reader = BufReader::new(&stream);
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+        line.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let sick = VERSION.ends_with("-sick") && started.elapsed() > Duration::from_secs(3);
+    let (status, body) = match path {
+        "/" if VERSION.ends_with("-broken") => {
+            (500, format!("hello {VERSION}: broken on purpose\n"))
+        }
+        "/" => (200, format!("hello from {VERSION} ({env})\n")),
+        "/healthz" if sick => (503, format!("{VERSION}: unhealthy\n")),
+        "/healthz" => (200, format!("{VERSION}: ok\n")),
+        _ => (404, "not found\n".to_string()),
+    };
+    let mut stream = &stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        if status == 200 { "OK" } else { "Error" },
+        body.len()
+    );
+}

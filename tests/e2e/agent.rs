@@ -1,0 +1,404 @@
+//! The quickstart, for real: the `slipway` binary runs the example app
+//! through staging to production on loopback ports, while the test edits the
+//! config file the way a person would, and kills the agent the way a crash
+//! would.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use slipway::store::{DeploymentState, Journal};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A copy of the quickstart in a temp dir, with free ports and short bakes.
+struct Quickstart {
+    dir: tempfile::TempDir,
+    staging: u16,
+    production: u16,
+}
+
+impl Quickstart {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("src")).unwrap();
+        std::fs::copy(
+            repo.join("examples/quickstart/app/src/main.rs"),
+            app.join("src/main.rs"),
+        )
+        .unwrap();
+        let q = Self {
+            dir,
+            staging: support::closed_port(),
+            production: support::closed_port(),
+        };
+        q.write_config("1.0.0");
+        q
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("slipway.toml")
+    }
+
+    fn config_text(&self, version: &str) -> String {
+        format!(
+            r#"[agent]
+state_dir = "state"
+stop_grace = "2s"
+
+[plugins.command]
+source = "builtin:command"
+timeout = "2m"
+grants = {{ exec = ["rustc"] }}
+
+[plugins.http-check]
+source = "builtin:http-check"
+grants = {{ http = ["127.0.0.1:*"] }}
+
+[apps.hello]
+version = "{version}"
+source = {{ path = "app" }}
+build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
+
+[apps.hello.environments.staging]
+run = {{ command = "./hello", env = {{ PORT = "{s}" }} }}
+smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/", retries = 30, retry_delay_ms = 100 }} }}
+health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "1s" }}
+
+[apps.hello.environments.production]
+promote_from = "staging"
+run = {{ command = "./hello", env = {{ PORT = "{p}" }} }}
+smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/", retries = 30, retry_delay_ms = 100 }} }}
+health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/healthz" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s" }}
+"#,
+            s = self.staging,
+            p = self.production
+        )
+    }
+
+    /// Save like an editor does: write a new file, rename it over the old.
+    fn write_config(&self, version: &str) {
+        self.save(&self.config_text(version));
+    }
+
+    fn save(&self, text: &str) {
+        let tmp = self.dir.path().join(".slipway.toml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config()).unwrap();
+    }
+
+    fn start_agent(&self) -> Agent {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self.dir.path().join(format!("agent-{n}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["agent", "-c"])
+            .arg(self.config())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting the agent");
+        Agent { child, log }
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::open(&self.dir.path().join("state/journal.db")).unwrap()
+    }
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// GET a path from the app on `port`: (status, body), or None if down.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+fn wait_for(what: &str, agent: &Agent, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "timed out waiting for {what}\n--- agent log ---\n{}",
+        agent.log()
+    );
+}
+
+fn serves(port: u16, version: &str) -> bool {
+    matches!(get(port, "/"), Some((200, body)) if body.contains(&format!("hello from {version}")))
+}
+
+fn latest(q: &Quickstart) -> Option<slipway::store::Deployment> {
+    q.journal()
+        .deployments(Some("hello"), 1)
+        .ok()?
+        .into_iter()
+        .next()
+}
+
+fn wait_deployment_end(q: &Quickstart, agent: &Agent, version: &str) -> slipway::store::Deployment {
+    let mut found = None;
+    wait_for(
+        &format!("the {version} deployment to end"),
+        agent,
+        Duration::from_secs(90),
+        || {
+            found =
+                latest(q).filter(|d| d.version == version && d.state != DeploymentState::Running);
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+#[test]
+fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
+    let q = Quickstart::new();
+    let agent = q.start_agent();
+
+    // First deploy: staging, then production, both 1.0.0.
+    let first = wait_deployment_end(&q, &agent, "1.0.0");
+    assert_eq!(
+        first.state,
+        DeploymentState::Succeeded,
+        "{:?}\n{}",
+        first.reason,
+        agent.log()
+    );
+    assert!(serves(q.production, "1.0.0") && serves(q.staging, "1.0.0"));
+    let release = first.release_id.clone().unwrap();
+    let state = q
+        .journal()
+        .env_state("hello", "production")
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.current_release.as_deref(), Some(release.as_str()));
+
+    // Editing the version ships it; production gets the artifact staging tested.
+    q.write_config("1.1.0");
+    let second = wait_deployment_end(&q, &agent, "1.1.0");
+    assert_eq!(
+        second.state,
+        DeploymentState::Succeeded,
+        "{:?}",
+        second.reason
+    );
+    assert!(serves(q.production, "1.1.0"));
+    let good = second.release_id.clone().unwrap();
+    let builds = q
+        .journal()
+        .steps(second.id)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.kind == "build")
+        .count();
+    assert_eq!(builds, 1, "built once, promoted as is");
+
+    // A version that fails its smoke test never reaches production.
+    q.write_config("1.2.0-broken");
+    let broken = wait_deployment_end(&q, &agent, "1.2.0-broken");
+    assert_eq!(broken.state, DeploymentState::Failed);
+    let reason = broken.reason.clone().unwrap();
+    assert!(reason.contains("staging: smoke test failed"), "{reason}");
+    assert!(serves(q.production, "1.1.0"), "production untouched");
+    wait_for(
+        "staging back on 1.1.0",
+        &agent,
+        Duration::from_secs(20),
+        || serves(q.staging, "1.1.0"),
+    );
+    assert!(
+        q.journal()
+            .pin_for("hello", &pin_hash(&q))
+            .unwrap()
+            .is_some(),
+        "the failed version is pinned"
+    );
+
+    // An invalid edit is refused with its location; nothing changes.
+    let before = q.journal().deployments(Some("hello"), 100).unwrap().len();
+    q.save(
+        &q.config_text("1.3.0")
+            .replace("version = \"1.3.0\"", "version = \"one point three\""),
+    );
+    wait_for(
+        "the rejection in the log",
+        &agent,
+        Duration::from_secs(15),
+        || {
+            agent
+                .log()
+                .contains("slipway.toml:15:11: `version` `one point three` is not semver")
+        },
+    );
+    assert!(agent.log().contains("config change rejected"));
+    assert!(serves(q.production, "1.1.0"));
+    assert_eq!(
+        q.journal().deployments(Some("hello"), 100).unwrap().len(),
+        before
+    );
+
+    // A version that turns unhealthy in production is rolled back on its own.
+    q.write_config("1.2.0-sick");
+    let sick = wait_deployment_end(&q, &agent, "1.2.0-sick");
+    assert_eq!(sick.state, DeploymentState::Failed);
+    let reason = sick.reason.clone().unwrap();
+    assert!(reason.starts_with("production: unhealthy"), "{reason}");
+    assert!(
+        reason.contains("app log (last lines)"),
+        "the app's own log is in the reason: {reason}"
+    );
+    wait_for(
+        "production back on 1.1.0",
+        &agent,
+        Duration::from_secs(20),
+        || serves(q.production, "1.1.0"),
+    );
+    let state = q
+        .journal()
+        .env_state("hello", "production")
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.current_release.as_deref(), Some(good.as_str()));
+
+    // kill -9, restart: the journal's releases run again, nothing is lost.
+    agent.kill_9();
+    let agent = q.start_agent();
+    wait_for(
+        "the restarted agent to recover",
+        &agent,
+        Duration::from_secs(30),
+        || {
+            agent.log().contains("killed an app process left over")
+                && agent.log().contains("started app=hello env=production")
+        },
+    );
+    wait_for(
+        "production serving after restart",
+        &agent,
+        Duration::from_secs(30),
+        || serves(q.production, "1.1.0"),
+    );
+    // Staging keeps the sick version: it passed staging's gates.
+    assert!(serves(q.staging, "1.2.0-sick"));
+    assert_eq!(
+        q.journal().deployments(Some("hello"), 100).unwrap().len(),
+        before + 1
+    );
+
+    // A clean stop stops the apps too.
+    agent.terminate();
+    assert!(
+        get(q.production, "/").is_none(),
+        "production stopped with the agent"
+    );
+    assert!(
+        get(q.staging, "/").is_none(),
+        "staging stopped with the agent"
+    );
+}
+
+/// The spec hash of the last deployment (the sick one was the last edit
+/// before, so read it from the journal rather than recomputing).
+fn pin_hash(q: &Quickstart) -> String {
+    latest(q).unwrap().spec_hash
+}
+
+#[test]
+fn validate_reports_every_error_with_its_location() {
+    let q = Quickstart::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["validate", "-c"])
+        .arg(q.config())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = q
+        .config_text("1.0")
+        .replace(
+            "interval = \"500ms\", healthy_after = 2, bake = \"1s\"",
+            "interval = \"soon\"",
+        )
+        .replace(
+            "promote_from = \"staging\"",
+            "promote_from = \"qa\"\ncolour = \"blue\"",
+        )
+        .replace("url = \"http://127.0.0.1", "uri = \"http://127.0.0.1");
+    std::fs::write(q.config(), bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["validate", "-c"])
+        .arg(q.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = q.config().display().to_string();
+    for expected in [
+        ":15:11: `version` `1.0` is not semver",
+        "`interval`: `soon` is not a duration",
+        "unknown key `colour`",
+        "promote_from `qa`: no such environment",
+        "params for `http-check`: \"url\" is a required property",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.starts_with(&format!("{file}:")), "not located: {line}");
+    }
+}
