@@ -61,7 +61,6 @@ struct Deployment {
     desired: Desired,
     hash: String,
     id: i64,
-    release: Option<ReleaseRef>,
 }
 
 impl Deployment {
@@ -77,7 +76,6 @@ impl Deployment {
             desired,
             hash,
             id,
-            release: None,
         })
     }
 
@@ -90,24 +88,46 @@ impl Deployment {
             Ok(r) => r,
             Err(reason) => return self.fail(&reason),
         };
-        self.release = Some(release.clone());
+        match self.promote_all(&release).await {
+            Ok(()) => {
+                self.finish(DeploymentState::Succeeded, None);
+                tracing::info!(app = %self.app(), version = %release.version, deployment = self.id, "deployment succeeded");
+            }
+            Err((reason, rolled_back)) => self.fail_as(
+                if rolled_back {
+                    DeploymentState::RolledBack
+                } else {
+                    DeploymentState::Failed
+                },
+                &reason,
+            ),
+        }
+        // Failed releases count too: a bad afternoon must not fill the disk.
+        self.prune_releases();
+    }
+
+    /// Every environment in promotion order; stops at the first failed gate,
+    /// after putting that environment back on its last good release.
+    /// Err carries the reason and whether the environment was rolled back.
+    async fn promote_all(&mut self, release: &ReleaseRef) -> Result<(), (String, bool)> {
         for env in self.desired.app.environments.clone() {
-            if let Err(reason) = self.promote(&env, &release).await {
-                let reason = format!("{}: {reason}", env.name);
-                self.gate_failed(&env, &release).await;
-                return self.fail(&reason);
+            if let Err(reason) = self.promote(&env, release).await {
+                let rolled_back = self.gate_failed(&env, release).await;
+                return Err((format!("{}: {reason}", env.name), rolled_back));
             }
         }
-        self.finish(DeploymentState::Succeeded, None);
-        tracing::info!(app = %self.app(), version = %release.version, deployment = self.id, "deployment succeeded");
-        self.prune_releases();
+        Ok(())
     }
 
     /// Record the failure and pin this (version, source, params), so an
     /// automatic rollback never turns into a redeploy loop.
     fn fail(&self, reason: &str) {
-        tracing::warn!(app = %self.app(), deployment = self.id, reason = %reason, "deployment failed");
-        self.finish(DeploymentState::Failed, Some(reason));
+        self.fail_as(DeploymentState::Failed, reason);
+    }
+
+    fn fail_as(&self, state: DeploymentState, reason: &str) {
+        tracing::warn!(app = %self.app(), deployment = self.id, state = %state, reason = %reason, "deployment failed");
+        self.finish(state, Some(reason));
         if let Err(e) = self
             .shared
             .journal
@@ -327,10 +347,10 @@ impl Deployment {
 
     /// Return a failed environment to its last good release (or leave it,
     /// with `on_failure = "stop"`).
-    async fn gate_failed(&self, env: &EnvConfig, failed: &ReleaseRef) {
+    async fn gate_failed(&self, env: &EnvConfig, failed: &ReleaseRef) -> bool {
         if env.on_failure == OnFailure::Stop {
             tracing::warn!(app = %self.app(), env = %env.name, "gate failed; on_failure = stop: leaving the release in place");
-            return;
+            return false;
         }
         let last_good = self.env_release(&env.name, |s| s.last_good_release.clone());
         rollback(
@@ -341,7 +361,7 @@ impl Deployment {
             last_good.as_ref(),
             Some(self.id),
         )
-        .await;
+        .await
     }
 
     fn env_release(
@@ -426,7 +446,7 @@ impl Deployment {
 }
 
 /// Put `env` back on `target` (or stop it if there is none), then check its
-/// health once more. Shared by failed gates and crash recovery.
+/// health once more. True if the environment now runs `target`.
 pub(super) async fn rollback(
     shared: &Arc<Shared>,
     desired: &Desired,
@@ -434,20 +454,20 @@ pub(super) async fn rollback(
     failed: &ReleaseRef,
     target: Option<&ReleaseRef>,
     deployment: Option<i64>,
-) {
+) -> bool {
     let app = &desired.app.name;
     let journal = &shared.journal;
     let Some(target) = target.filter(|t| t.id != failed.id) else {
         tracing::warn!(app = %app, env = %env.name, "no earlier good release: stopping the environment");
         let _ = journal.set_current_release(app, &env.name, None, deployment, "stopped");
         let _ = shared.supervisor.stop(app, &env.name).await;
-        return;
+        return false;
     };
     if let Err(e) =
         journal.set_current_release(app, &env.name, Some(&target.id), deployment, "rolled-back")
     {
         tracing::error!(error = %e, "could not record the rollback; not acting on it");
-        return;
+        return false;
     }
     tracing::warn!(app = %app, env = %env.name, from = %failed.id, to = %target.id, "rolling back");
     if let Some(step) = &env.rollback {
@@ -491,7 +511,7 @@ pub(super) async fn rollback(
             .await
         {
             tracing::error!(app = %app, env = %env.name, error = %e, "could not restart the last good release");
-            return;
+            return true;
         }
     }
     if let Some(health) = &env.health {
@@ -533,6 +553,7 @@ pub(super) async fn rollback(
             tracing::error!(app = %app, env = %env.name, release = %target.id, "rolled back, but the last good release is not healthy either");
         }
     }
+    true
 }
 
 /// Run one step of a plugin and journal it (start, end, outcome, logs).

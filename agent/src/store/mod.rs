@@ -121,7 +121,7 @@ pub enum StoreError {
 
 /// Where a deployment is; `running` until it ends one of the other ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum DeploymentState {
     /// Started and not yet ended (after a crash: interrupted, see recovery).
     Running,
@@ -129,6 +129,9 @@ pub enum DeploymentState {
     Succeeded,
     /// A step or gate failed; `reason` says which.
     Failed,
+    /// A gate failed and that environment was put back on its last good
+    /// release; `reason` says which gate and why.
+    RolledBack,
     /// The agent stopped while it ran; found and closed at start-up.
     Interrupted,
 }
@@ -140,6 +143,7 @@ impl DeploymentState {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::RolledBack => "rolled-back",
             Self::Interrupted => "interrupted",
         }
     }
@@ -150,6 +154,7 @@ impl DeploymentState {
             "running" => Some(Self::Running),
             "succeeded" => Some(Self::Succeeded),
             "failed" => Some(Self::Failed),
+            "rolled-back" => Some(Self::RolledBack),
             "interrupted" => Some(Self::Interrupted),
             _ => None,
         }

@@ -30,7 +30,7 @@ CREATE TABLE deployments (
     spec_json  TEXT NOT NULL CHECK (json_valid(spec_json)),
     release_id TEXT REFERENCES releases (id),
     state      TEXT NOT NULL
-               CHECK (state IN ('running', 'succeeded', 'failed', 'interrupted')),
+               CHECK (state IN ('running', 'succeeded', 'failed', 'rolled-back', 'interrupted')),
     reason     TEXT,
     started_at INTEGER NOT NULL,
     ended_at   INTEGER,
