@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long the file must stay unchanged before it is read.
-pub const DEBOUNCE: Duration = Duration::from_millis(300);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 /// How often the file is checked even without events.
 pub const POLL: Duration = Duration::from_secs(2);
 
@@ -96,4 +96,56 @@ pub fn watch(file: &Path, current: String) -> Result<mpsc::Receiver<String>, Wat
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next(rx: &mut mpsc::Receiver<String>, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn reports_the_last_of_quick_edits_and_survives_rename_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slipway.toml");
+        std::fs::write(&file, "v0").unwrap();
+        let mut rx = watch(&file, "v0".into()).unwrap();
+
+        // Many quick edits: one report, of the last content.
+        for i in 1..=5 {
+            std::fs::write(&file, format!("v{i}")).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            next(&mut rx, Duration::from_secs(5)).await.as_deref(),
+            Some("v5")
+        );
+        assert_eq!(next(&mut rx, Duration::from_millis(800)).await, None);
+
+        // Save by rename, as vim and `sed -i` do.
+        let tmp = dir.path().join(".slipway.toml.swp");
+        std::fs::write(&tmp, "v6").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        assert_eq!(
+            next(&mut rx, Duration::from_secs(5)).await.as_deref(),
+            Some("v6")
+        );
+
+        // Briefly missing, then back unchanged: not a change.
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&file, "v6").unwrap();
+        assert_eq!(next(&mut rx, Duration::from_secs(3)).await, None);
+
+        // Touching without changing content is not a change either.
+        std::fs::write(&file, "v6").unwrap();
+        assert_eq!(next(&mut rx, Duration::from_secs(1)).await, None);
+        std::fs::write(&file, "v7").unwrap();
+        assert_eq!(
+            next(&mut rx, Duration::from_secs(5)).await.as_deref(),
+            Some("v7")
+        );
+    }
 }
