@@ -62,6 +62,7 @@ grants = {{ http = ["127.0.0.1:*"] }}
 [apps.hello]
 version = "{version}"
 source = {{ path = "app" }}
+keep_releases = 2
 build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
 
 [apps.hello.environments.staging]
@@ -247,7 +248,7 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
     // A version that fails its smoke test never reaches production.
     q.write_config("1.2.0-broken");
     let broken = wait_deployment_end(&q, &agent, "1.2.0-broken");
-    assert_eq!(broken.state, DeploymentState::Failed);
+    assert_eq!(broken.state, DeploymentState::RolledBack);
     let reason = broken.reason.clone().unwrap();
     assert!(reason.contains("staging: smoke test failed"), "{reason}");
     assert!(serves(q.production, "1.1.0"), "production untouched");
@@ -265,23 +266,34 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
         "the failed version is pinned"
     );
 
-    // An invalid edit is refused with its location; nothing changes.
+    // Invalid edits are refused with their location; nothing changes.
     let before = q.journal().deployments(Some("hello"), 100).unwrap().len();
-    q.save(
-        &q.config_text("1.3.0")
-            .replace("version = \"1.3.0\"", "version = \"one point three\""),
-    );
-    wait_for(
-        "the rejection in the log",
-        &agent,
-        Duration::from_secs(15),
-        || {
-            agent
-                .log()
-                .contains("slipway.toml:15:11: `version` `one point three` is not semver")
-        },
-    );
-    assert!(agent.log().contains("config change rejected"));
+    let valid = q.config_text("1.3.0");
+    let invalid = [
+        (
+            valid.replace("[apps.hello]", "[apps.hello"),
+            "slipway.toml:14:12: invalid TOML",
+        ),
+        (
+            valid.replace("keep_releases = 2", "keep_releases = 2\ncolour = \"blue\""),
+            "slipway.toml:18:1: unknown key `colour`",
+        ),
+        (
+            valid.replace("version = \"1.3.0\"", "version = \"one point three\""),
+            "slipway.toml:15:11: `version` `one point three` is not semver",
+        ),
+        (
+            valid.replace("plugin = \"http-check\"", "plugin = \"http-chek\""),
+            "no plugin `http-chek` in [plugins]",
+        ),
+    ];
+    for (n, (text, expected)) in invalid.iter().enumerate() {
+        q.save(text);
+        wait_for(expected, &agent, Duration::from_secs(15), || {
+            let log = agent.log();
+            log.contains(expected) && log.matches("config change rejected").count() > n
+        });
+    }
     assert!(serves(q.production, "1.1.0"));
     assert_eq!(
         q.journal().deployments(Some("hello"), 100).unwrap().len(),
@@ -291,7 +303,7 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
     // A version that turns unhealthy in production is rolled back on its own.
     q.write_config("1.2.0-sick");
     let sick = wait_deployment_end(&q, &agent, "1.2.0-sick");
-    assert_eq!(sick.state, DeploymentState::Failed);
+    assert_eq!(sick.state, DeploymentState::RolledBack);
     let reason = sick.reason.clone().unwrap();
     assert!(reason.starts_with("production: unhealthy"), "{reason}");
     assert!(
@@ -401,4 +413,190 @@ fn validate_reports_every_error_with_its_location() {
     for line in err.lines().filter(|l| !l.trim().is_empty()) {
         assert!(line.starts_with(&format!("{file}:")), "not located: {line}");
     }
+}
+
+#[test]
+fn apps_deploy_in_parallel_and_quick_edits_deploy_only_the_last() {
+    let q = Quickstart::new();
+    let world_port = support::closed_port();
+    let two_apps = |hello: &str, world: &str| {
+        let mut text = q.config_text(hello);
+        text.push_str(&format!(
+            r#"
+[apps.world]
+version = "{world}"
+source = {{ path = "app" }}
+build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
+
+[apps.world.environments.production]
+run = {{ command = "./hello", env = {{ PORT = "{world_port}" }} }}
+health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{world_port}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "3s" }}
+"#
+        ));
+        text
+    };
+    q.save(&two_apps("1.0.0", "2.0.0"));
+    let agent = q.start_agent();
+    let hello = wait_deployment_end(&q, &agent, "1.0.0");
+    let mut world = None;
+    wait_for(
+        "world 2.0.0 deployed",
+        &agent,
+        Duration::from_secs(60),
+        || {
+            world = q
+                .journal()
+                .deployments(Some("world"), 1)
+                .unwrap()
+                .into_iter()
+                .find(|d| d.state != DeploymentState::Running);
+            world.is_some()
+        },
+    );
+    let world = world.unwrap();
+    assert_eq!(
+        (hello.state, world.state),
+        (DeploymentState::Succeeded, DeploymentState::Succeeded)
+    );
+    assert!(
+        hello.started_at < world.ended_at.unwrap() && world.started_at < hello.ended_at.unwrap(),
+        "the two apps deployed at the same time: {hello:?} {world:?}"
+    );
+    assert!(serves(world_port, "2.0.0"));
+
+    // Three quick edits of one app: only the last is deployed.
+    for version in ["1.1.0", "1.2.0", "1.3.0"] {
+        q.save(&two_apps(version, "2.0.0"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let last = wait_deployment_end(&q, &agent, "1.3.0");
+    assert_eq!(last.state, DeploymentState::Succeeded, "{:?}", last.reason);
+    let versions: Vec<String> = q
+        .journal()
+        .deployments(Some("hello"), 100)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.version)
+        .collect();
+    assert_eq!(
+        versions,
+        ["1.3.0", "1.0.0"],
+        "only the last edit was deployed"
+    );
+    assert_eq!(
+        q.journal().deployments(Some("world"), 100).unwrap().len(),
+        1,
+        "world untouched"
+    );
+    assert!(serves(q.production, "1.3.0") && serves(world_port, "2.0.0"));
+    agent.terminate();
+}
+
+/// What the journal says an environment runs, as a version.
+fn journal_version(q: &Quickstart, env: &str) -> Option<String> {
+    let j = q.journal();
+    let current = j.env_state("hello", env).ok()??.current_release?;
+    Some(j.release(&current).ok()??.version)
+}
+
+/// The environment serves exactly what the journal names (or nothing if the
+/// journal names nothing).
+fn consistent(q: &Quickstart, env: &str, port: u16) -> bool {
+    match journal_version(q, env) {
+        Some(v) => serves(port, &v),
+        None => get(port, "/").is_none(),
+    }
+}
+
+#[test]
+fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
+    let q = Quickstart::new();
+    // A build that takes a moment, so the test can catch it in the act.
+    let text = |version: &str| {
+        q.config_text(version)
+            .replace("exec = [\"rustc\"]", "exec = [\"rustc\", \"sh\"]")
+            .replace(
+                "run = [\"rustc",
+                "run = [\"sh -c \\\"sleep 1\\\"\", \"rustc",
+            )
+    };
+    q.save(&text("1.0.0"));
+    let mut agent = q.start_agent();
+    assert_eq!(
+        wait_deployment_end(&q, &agent, "1.0.0").state,
+        DeploymentState::Succeeded
+    );
+
+    type Reached = fn(&slipway::store::StepRecord) -> bool;
+    let phases: [(&str, Reached); 3] = [
+        ("build", |s| s.kind == "build" && s.ended_at.is_none()),
+        ("staging", |s| s.environment.as_deref() == Some("staging")),
+        ("production bake", |s| {
+            s.environment.as_deref() == Some("production") && s.kind == "health-check"
+        }),
+    ];
+    for (n, (phase, reached)) in phases.into_iter().enumerate() {
+        let version = format!("1.1.{n}");
+        q.save(&text(&version));
+        wait_for(
+            &format!("{version} in {phase}"),
+            &agent,
+            Duration::from_secs(60),
+            || {
+                latest(&q).is_some_and(|d| {
+                    d.version == version
+                        && d.state == DeploymentState::Running
+                        && q.journal().steps(d.id).unwrap().iter().any(reached)
+                })
+            },
+        );
+        agent.kill_9();
+        agent = q.start_agent();
+        wait_for("recovery", &agent, Duration::from_secs(30), || {
+            agent.log().contains("agent starting")
+                && q.journal()
+                    .unfinished_deployments()
+                    .unwrap()
+                    .iter()
+                    .all(|d| d.version == version)
+        });
+        let interrupted = q.journal().deployments(Some("hello"), 100).unwrap();
+        assert!(
+            interrupted
+                .iter()
+                .any(|d| d.version == version && d.state == DeploymentState::Interrupted),
+            "the cut deployment is recorded as interrupted ({phase})"
+        );
+        // Redone from the start, and it lands.
+        let mut redone = None;
+        wait_for(
+            &format!("{version} redeployed after a crash in {phase}"),
+            &agent,
+            Duration::from_secs(90),
+            || {
+                redone = latest(&q)
+                    .filter(|d| d.version == version && d.state == DeploymentState::Succeeded);
+                redone.is_some()
+            },
+        );
+        for (env, port) in [("staging", q.staging), ("production", q.production)] {
+            assert!(
+                consistent(&q, env, port),
+                "{env} serves what the journal names after a crash in {phase}"
+            );
+            assert_eq!(journal_version(&q, env).as_deref(), Some(version.as_str()));
+        }
+    }
+    let releases = q.dir.path().join("state/releases");
+    agent.terminate();
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let leftovers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&releases.display().to_string()))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no app process outlives the agent: {leftovers:?}"
+    );
 }
