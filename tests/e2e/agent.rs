@@ -341,11 +341,30 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
         Duration::from_secs(30),
         || serves(q.production, "1.1.0"),
     );
-    // Staging keeps the sick version: it passed staging's gates.
-    assert!(serves(q.staging, "1.2.0-sick"));
+    // Staging runs what the journal names: the sick version, or 1.1.0 if the
+    // health guard had already rolled it back when the agent was killed.
+    wait_for(
+        "staging consistent with the journal",
+        &agent,
+        Duration::from_secs(10),
+        || consistent(&q, "staging", q.staging),
+    );
+    // Nothing was redeployed: the only deployments since the invalid edits
+    // are the sick one and any rollbacks the health guard made.
+    let guard_rollbacks = q
+        .journal()
+        .deployments(Some("hello"), 100)
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("turned unhealthy after promotion"))
+        })
+        .count();
     assert_eq!(
         q.journal().deployments(Some("hello"), 100).unwrap().len(),
-        before + 1
+        before + 1 + guard_rollbacks
     );
 
     // A clean stop stops the apps too.
@@ -599,4 +618,67 @@ fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
         leftovers.is_empty(),
         "no app process outlives the agent: {leftovers:?}"
     );
+}
+
+#[test]
+fn a_release_that_turns_unhealthy_after_promotion_is_rolled_back() {
+    let q = Quickstart::new();
+    // A production bake shorter than the time the sick version stays well.
+    let text = |version: &str| {
+        q.config_text(version).replace(
+            "unhealthy_after = 2, bake = \"5s\"",
+            "unhealthy_after = 2, bake = \"1s\"",
+        )
+    };
+    q.save(&text("1.0.0"));
+    let agent = q.start_agent();
+    assert_eq!(
+        wait_deployment_end(&q, &agent, "1.0.0").state,
+        DeploymentState::Succeeded
+    );
+
+    q.save(&text("1.2.0-sick"));
+    let promoted = wait_deployment_end(&q, &agent, "1.2.0-sick");
+    assert_eq!(
+        promoted.state,
+        DeploymentState::Succeeded,
+        "it passes its gates: {:?}",
+        promoted.reason
+    );
+    assert!(serves(q.production, "1.2.0-sick"));
+
+    // Three seconds later it turns unhealthy; the guard rolls it back.
+    // (Staging, where it runs too, is guarded and rolled back the same way.)
+    wait_for(
+        "the production rollback in the journal",
+        &agent,
+        Duration::from_secs(30),
+        || {
+            q.journal()
+                .deployments(Some("hello"), 100)
+                .unwrap()
+                .iter()
+                .any(|d| {
+                    d.state == DeploymentState::RolledBack
+                        && d.reason.as_deref().is_some_and(|r| {
+                            r.starts_with("production: turned unhealthy after promotion")
+                        })
+                })
+        },
+    );
+    assert!(serves(q.production, "1.0.0"));
+    let state = q
+        .journal()
+        .env_state("hello", "production")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.current_release, state.last_good_release,
+        "settled on the rollback target"
+    );
+    // Pinned: it is not deployed again by itself.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(serves(q.production, "1.0.0"));
+    assert!(latest(&q).unwrap().state != DeploymentState::Running);
+    agent.terminate();
 }

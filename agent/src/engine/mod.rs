@@ -11,6 +11,7 @@
 //! It is not the scheduler of the whole agent (`agent.rs`) nor the sandbox
 //! (`runtime`): it decides what to run, records it, and asks them.
 
+mod guard;
 mod pipeline;
 mod recover;
 
@@ -90,14 +91,25 @@ impl Engine {
     }
 }
 
-/// One app's worker: deploy the newest desired state, one at a time.
+/// One app's worker: deploy the newest desired state, one at a time; in
+/// between, guard the environments' health.
 async fn worker(shared: Arc<Shared>, app: String, mut rx: watch::Receiver<Option<Desired>>) {
     loop {
         let desired = rx.borrow_and_update().clone();
-        if let Some(desired) = desired {
-            pipeline::reconcile(&shared, &desired).await;
-        }
-        if rx.changed().await.is_err() {
+        let changed = match desired {
+            Some(desired) => {
+                pipeline::reconcile(&shared, &desired).await;
+                tokio::select! {
+                    changed = rx.changed() => changed,
+                    unhealthy = guard::guard(shared.clone(), desired.clone()) => {
+                        guard::roll_back(&shared, &desired, unhealthy).await;
+                        Ok(())
+                    }
+                }
+            }
+            None => rx.changed().await,
+        };
+        if changed.is_err() {
             tracing::debug!(app = %app, "engine worker stops");
             return;
         }
