@@ -470,37 +470,28 @@ pub(super) async fn rollback(
         return false;
     }
     tracing::warn!(app = %app, env = %env.name, from = %failed.id, to = %target.id, "rolling back");
-    if let Some(step) = &env.rollback {
+    // The rollback step returns from `failed` to `target`; without one, the
+    // deploy step re-activates `target`.
+    let reactivate = match (&env.rollback, &env.deploy) {
+        (Some(step), _) => Some((StepKind::Rollback, step, failed, target)),
+        (None, Some(deploy)) => Some((StepKind::Deploy, deploy, target, failed)),
+        (None, None) => None,
+    };
+    if let Some((kind, step, release, previous)) = reactivate {
         let outcome = run_step(
             shared,
             desired,
             deployment,
             Some(env),
-            StepKind::Rollback,
+            kind,
             step,
-            failed,
-            Some(target),
+            release,
+            Some(previous),
             1,
         )
         .await;
         if let Err(e) = outcome.result {
-            tracing::error!(app = %app, env = %env.name, error = %e, "rollback plugin failed");
-        }
-    } else if let Some(deploy) = &env.deploy {
-        let outcome = run_step(
-            shared,
-            desired,
-            deployment,
-            Some(env),
-            StepKind::Deploy,
-            deploy,
-            target,
-            Some(failed),
-            1,
-        )
-        .await;
-        if let Err(e) = outcome.result {
-            tracing::error!(app = %app, env = %env.name, error = %e, "re-deploying the last good release failed");
+            tracing::error!(app = %app, env = %env.name, step = %kind, error = %e, "rollback step failed");
         }
     }
     if let Some(run) = &env.run {
