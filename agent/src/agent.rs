@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Why the agent could not start (or had to stop).
@@ -40,7 +40,10 @@ fn create_state_dir(dir: &Path) -> Result<(), AgentError> {
 
 /// Run the agent until `shutdown` resolves.
 pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let config = Config::load(config_file)?;
+    // The text read here is the one in force: the watcher reports only
+    // content different from it.
+    let text = config::read(config_file)?;
+    let config = Config::parse(config_file, &text)?;
     let state_dir = config.agent.state_dir.clone();
     create_state_dir(&state_dir)?;
     let runtime = runtime_for(&state_dir)?;
@@ -55,7 +58,6 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     let engine = Engine::new(Arc::new(journal), supervisor.clone(), state_dir.clone());
     tracing::info!(config = %config_file.display(), state_dir = %state_dir.display(), "agent starting");
     engine.recover(&config).await;
-    let text = std::fs::read_to_string(config_file).unwrap_or_default();
     let config = Arc::new(config);
     engine.apply(config.clone(), &plugins);
 
@@ -76,9 +78,9 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 /// Apply an edited config, or log why it was refused and keep the last good.
-async fn reload(file: &Path, text: &str, state_dir: &PathBuf, runtime: &Runtime, engine: &Engine) {
+async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, engine: &Engine) {
     let checked = match Config::load_checked(file, text, runtime).await {
-        Ok((config, _)) if &config.agent.state_dir != state_dir => Err(format!(
+        Ok((config, _)) if config.agent.state_dir != state_dir => Err(format!(
             "{}: `state_dir` cannot change while the agent runs (restart it to move state)",
             file.display()
         )),
@@ -103,21 +105,16 @@ async fn reload(file: &Path, text: &str, state_dir: &PathBuf, runtime: &Runtime,
 
 /// `slipway validate`: parse and check a config; Ok with a summary.
 pub async fn validate(config_file: &Path) -> Result<String, AgentError> {
-    let text = std::fs::read_to_string(config_file).map_err(|e| {
-        AgentError::Config(ConfigErrors(vec![config::ConfigError {
-            file: config_file.to_path_buf(),
-            line: 1,
-            col: 1,
-            message: format!("cannot read the config file: {e}"),
-        }]))
-    })?;
-    let state_dir = match Config::parse(config_file, &text) {
-        Ok(c) => c.agent.state_dir,
-        Err(_) => PathBuf::from("/nonexistent"),
-    };
-    let cache = state_dir.join("cache");
+    let text = config::read(config_file)?;
+    // Use the agent's compile cache if it exists; never create a state dir
+    // just to validate.
+    let cache_dir = Config::parse(config_file, &text)
+        .ok()
+        .map(|c| c.agent.state_dir)
+        .filter(|d| d.is_dir())
+        .map(|d| d.join("cache"));
     let runtime = Runtime::new(&RuntimeConfig {
-        cache_dir: cache.parent().filter(|d| d.is_dir()).map(|_| cache.clone()),
+        cache_dir,
         ..RuntimeConfig::default()
     })
     .map_err(AgentError::Startup)?;

@@ -175,15 +175,7 @@ impl Config {
     /// Read and parse a config file (syntax and shape; plugins are checked
     /// by [`check`]).
     pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.to_path_buf(),
-                line: 1,
-                col: 1,
-                message: format!("cannot read the config file: {e}"),
-            }])
-        })?;
-        Self::parse(file, &text)
+        Self::parse(file, &read(file)?)
     }
 
     /// Parse config text; `file` names it in errors and anchors relative paths.
@@ -218,6 +210,18 @@ impl Config {
     pub fn base_dir(&self) -> PathBuf {
         base_dir(&self.file)
     }
+}
+
+/// The text of a config file; an unreadable file is a located error too.
+pub fn read(file: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })
 }
 
 fn base_dir(file: &Path) -> PathBuf {
