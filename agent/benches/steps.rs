@@ -8,17 +8,17 @@
 //! 2. the `http-check` plugin vs `curl -fsS` against the same local server;
 //! 3. cold compile vs compile-cache load of the largest first-party plugin.
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use serde_json::json;
 use slipway::runtime::{
-    DirGrant, Grants, HostPattern, Limits, Plugin, PluginSource, Redactor, ReleaseRef, Runtime,
-    RuntimeConfig, StepContext, StepInput, StepKind, StepLabels, StepRequest, StepValue, builtin,
+    Plugin, PluginSource, Runtime, RuntimeConfig, StepKind, StepRequest, StepValue, builtin,
     cache::{CacheOutcome, CompileCache},
 };
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{HttpServer, Step, patterns};
 
 const ROUNDS: usize = 5;
 
@@ -59,40 +59,6 @@ fn report(title: &str, a_name: &str, a: &mut Samples, b_name: &str, b: &mut Samp
     println!("  ratio: {:.1}x", bm.as_secs_f64() / am.as_secs_f64());
 }
 
-fn step(
-    kind: StepKind,
-    release_dir: &Path,
-    params: serde_json::Value,
-    grants: Grants,
-) -> StepRequest {
-    StepRequest {
-        kind,
-        input: StepInput::Step(StepContext {
-            app: "web".into(),
-            environment: Some("production".into()),
-            release: ReleaseRef {
-                version: "1.0.0".into(),
-                id: "1.0.0-bench".into(),
-                dir: release_dir.to_path_buf(),
-            },
-            previous_release: None,
-            params,
-            attempt: 1,
-        }),
-        grants,
-        limits: Limits::default(),
-        secrets: Default::default(),
-        redactor: Redactor::default(),
-        labels: StepLabels {
-            plugin: "bench".into(),
-            kind: kind.to_string(),
-            app: "web".into(),
-            environment: "production".into(),
-            deployment: "bench".into(),
-        },
-    }
-}
-
 async fn time_steps(plugin: &Plugin, request: &StepRequest, n: usize, out: &mut Samples) {
     for _ in 0..n {
         let started = Instant::now();
@@ -123,33 +89,9 @@ fn time_command(program: &str, args: &[&str], n: usize, out: &mut Samples) {
     }
 }
 
-/// A minimal HTTP/1.1 server on loopback answering 200 "ok" to anything.
-fn http_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                    line.clear();
-                }
-                let mut stream = stream;
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
-    port
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let state = tempfile::tempdir().unwrap();
-    let release = tempfile::tempdir().unwrap();
-    let release_dir = release.path().canonicalize().unwrap();
     let profiling = std::env::var("SLIPWAY_BENCH_PROFILE_STEPS").ok();
     let rt = Runtime::new(&RuntimeConfig {
         cache_dir: Some(state.path().join("cache")),
@@ -160,27 +102,19 @@ async fn main() {
     println!("slipway step benchmark ({} rounds, alternating)", ROUNDS);
 
     // 1. no-op health check vs sh -c 'exit 0'
-    let noop_path = Path::new(builtin::BUILD_DIR).join("slipway_fixture_noop.wasm");
-    let noop = rt.load(&PluginSource::File(noop_path), None).await.unwrap();
-    let release_grant = Grants {
-        dirs: vec![DirGrant {
-            path: release_dir.clone(),
-            write: false,
-        }],
-        ..Grants::default()
-    };
-    let noop_step = step(
-        StepKind::HealthCheck,
-        &release_dir,
-        json!({}),
-        release_grant.clone(),
-    );
-    time_steps(&noop, &noop_step, 200, &mut Samples::default()).await;
+    let noop = rt
+        .load(&PluginSource::File(support::fixture("noop")), None)
+        .await
+        .unwrap();
+    // A step as the engine runs one: the release dir granted read-only.
+    let noop_step = Step::new(StepKind::HealthCheck, json!({}));
+    let noop_step: &StepRequest = &noop_step.request;
+    time_steps(&noop, noop_step, 200, &mut Samples::default()).await;
     if let Some(n) = profiling {
         // For a profiler (callgrind): only the no-op step, n times.
         time_steps(
             &noop,
-            &noop_step,
+            noop_step,
             n.parse().unwrap(),
             &mut Samples::default(),
         )
@@ -189,7 +123,7 @@ async fn main() {
     }
     let (mut plugin, mut shell) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {
-        time_steps(&noop, &noop_step, 2000, &mut plugin).await;
+        time_steps(&noop, noop_step, 2000, &mut plugin).await;
         time_command("sh", &["-c", "exit 0"], 300, &mut shell);
     }
     report(
@@ -201,24 +135,19 @@ async fn main() {
     );
 
     // 2. http-check vs curl against the same local server
-    let port = http_server();
-    let url = format!("http://127.0.0.1:{port}/healthz");
+    let server = HttpServer::start();
+    let url = server.url("/ok");
     let http_check = rt
         .load(&PluginSource::Builtin("http-check".into()), None)
         .await
         .unwrap();
-    let mut grants = release_grant.clone();
-    grants.http = vec![HostPattern::parse("127.0.0.1:*").unwrap()];
-    let http_step = step(
-        StepKind::HealthCheck,
-        &release_dir,
-        json!({ "url": url }),
-        grants,
-    );
-    time_steps(&http_check, &http_step, 50, &mut Samples::default()).await;
+    let http_step = Step::new(StepKind::HealthCheck, json!({ "url": url }))
+        .grants(|g| g.http = patterns(&["127.0.0.1:*"]));
+    let http_step = &http_step.request;
+    time_steps(&http_check, http_step, 50, &mut Samples::default()).await;
     let (mut plugin, mut curl) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {
-        time_steps(&http_check, &http_step, 400, &mut plugin).await;
+        time_steps(&http_check, http_step, 400, &mut plugin).await;
         time_command("curl", &["-fsS", "-o", "/dev/null", &url], 100, &mut curl);
     }
     report(
