@@ -15,6 +15,7 @@ const WASM_PACKAGES: &[&str] = &[
     "slipway-plugin-command",
     "slipway-plugin-http-check",
     "slipway-plugin-tcp-check",
+    "slipway-plugin-webhook",
     "slipway-example-rust-health",
     "slipway-fixture-hostile",
     "slipway-fixture-noop",

@@ -12,6 +12,7 @@ static BUILTINS: &[(&str, &[u8])] = &[
     ("command", builtin!("slipway_plugin_command.wasm")),
     ("http-check", builtin!("slipway_plugin_http_check.wasm")),
     ("tcp-check", builtin!("slipway_plugin_tcp_check.wasm")),
+    ("webhook", builtin!("slipway_plugin_webhook.wasm")),
 ];
 
 /// The component bytes of a builtin plugin.
