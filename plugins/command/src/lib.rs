@@ -3,7 +3,13 @@
 //!
 //! Each program must be in the plugin's `exec` grant. The first command that
 //! exits non-zero (or times out) fails the step, with the tail of its output
-//! in the error so the operator sees why without digging.
+//! in the error so the operator sees why without digging; a command that
+//! succeeds leaves the tail of its output in the step's log.
+//!
+//! `secret_env` hands granted secrets to the commands as environment
+//! variables (`{ PGPASSWORD = "db-password" }`): how a pre-deploy backup or
+//! migration gets its password without it being written in the config. The
+//! agent redacts the values from the output it records.
 
 use slipway_plugin_sdk::prelude::*;
 
@@ -18,6 +24,9 @@ struct Params {
     cwd: Option<String>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    /// Environment variable -> name of a secret granted to the plugin.
+    #[serde(default)]
+    secret_env: std::collections::BTreeMap<String, String>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u32,
     /// For builds: the artifact directory, relative to the release dir.
@@ -105,6 +114,11 @@ impl Plugin for Command {
                 },
                 "cwd": { "type": "string" },
                 "env": { "type": "object", "additionalProperties": { "type": "string" } },
+                "secret_env": {
+                    "description": "environment variable -> name of a secret in the plugin's grants.secrets",
+                    "type": "object",
+                    "additionalProperties": { "type": "string", "minLength": 1 }
+                },
                 "timeout_ms": { "type": "integer", "minimum": 1 },
                 "artifact": { "type": "string" }
             }
@@ -117,6 +131,11 @@ fn run_all(ctx: &StepContext, p: &Params) -> Result<(), String> {
         Some(dir) => format!("{}/{dir}", ctx.release.dir),
         None => ctx.release.dir.clone(),
     };
+    let mut secrets = Vec::new();
+    for (var, name) in &p.secret_env {
+        let value = secret(name).map_err(|e| format!("secret_env.{var}: {e}"))?;
+        secrets.push((var, value));
+    }
     for line in &p.run {
         let argv = line.argv()?;
         let shown = argv.join(" ");
@@ -135,6 +154,9 @@ fn run_all(ctx: &StepContext, p: &Params) -> Result<(), String> {
         for (k, v) in &p.env {
             command = command.env(k, v);
         }
+        for (k, v) in &secrets {
+            command = command.env(*k, v);
+        }
         let output = command.run().map_err(|e| format!("`{shown}`: {e}"))?;
         if !output.success() {
             return Err(format!(
@@ -142,6 +164,10 @@ fn run_all(ctx: &StepContext, p: &Params) -> Result<(), String> {
                 output.status_text(),
                 output.tail(20)
             ));
+        }
+        let tail = output.tail(20);
+        if !tail.trim().is_empty() {
+            log::with(log::Level::Info, &tail, &[("command", &shown)]);
         }
     }
     Ok(())
