@@ -4,11 +4,17 @@
 //! every environment's release is started again. The reconciler then sees
 //! the interrupted version as not deployed (it is not pinned) and deploys it
 //! afresh: interrupted work is redone, never half-trusted.
+//!
+//! A release whose directory is gone (a journal restored onto a new server,
+//! a hand cleanup) is marked removed and never started; the environments
+//! that ran it are recorded as stopped, so the reconciler deploys the
+//! config's version again instead of taking the journal's word for it.
 
 use super::Shared;
 use super::pipeline::{release_ref, run_spec};
 use crate::config::Config;
 use crate::store::DeploymentState;
+use std::path::Path;
 use std::sync::Arc;
 
 pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
@@ -27,6 +33,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
         }
         Err(e) => tracing::error!(error = %e, "cannot read unfinished deployments"),
     }
+    forget_missing_releases(shared);
     let states = match journal.env_states() {
         Ok(s) => s,
         Err(e) => {
@@ -69,6 +76,47 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
                 Ok(()) => tracing::info!(app = %app, env = %env, release = %target.id, "started"),
                 Err(e) => tracing::error!(app = %app, env = %env, error = %e, "could not start"),
             }
+        }
+    }
+}
+
+/// Mark the releases whose directory is gone as removed (no rollback or
+/// `--to` offers them), and point the environments that ran them, or would
+/// roll back to them, at nothing.
+fn forget_missing_releases(shared: &Shared) {
+    let journal = &shared.journal;
+    match journal.live_releases() {
+        Ok(list) => {
+            for r in list.iter().filter(|r| !Path::new(&r.dir).is_dir()) {
+                tracing::warn!(app = %r.app, release = %r.id, dir = %r.dir,
+                    "release directory is missing (restored journal?): marked removed");
+                if let Err(e) = journal.mark_release_removed(&r.id) {
+                    tracing::error!(release = %r.id, error = %e, "cannot mark the release removed");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the releases"),
+    }
+    let on_disk = |id: &str| release_ref(shared, id).is_some_and(|r| r.dir.is_dir());
+    for state in journal.env_states().unwrap_or_default() {
+        let (app, env) = (&state.app, &state.environment);
+        if let Some(current) = &state.current_release
+            && !on_disk(current)
+        {
+            tracing::warn!(app = %app, env = %env, release = %current,
+                "the release this environment ran is not on disk: stopped; the config's version is deployed again");
+            let _ = journal.set_current_release(
+                app,
+                env,
+                None,
+                None,
+                "stopped (release directory missing)",
+            );
+        }
+        if let Some(good) = &state.last_good_release
+            && !on_disk(good)
+        {
+            let _ = journal.clear_last_good_release(app, env);
         }
     }
 }
