@@ -37,6 +37,7 @@ fn config(version: &str, staging: u16, production: u16) -> String {
         r#"[agent]
 state_dir = "state"
 stop_grace = "2s"
+listen = "127.0.0.1:0"
 
 [plugins.command]
 source = "builtin:command"

@@ -5,7 +5,7 @@
 //! SIGKILL after `stop_grace`), so nothing outlives it by accident; a
 //! deployment cut short is marked interrupted at the next start and redone.
 
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigErrors, Resolve};
 use crate::engine::Engine;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Journal;
@@ -31,11 +31,86 @@ pub fn runtime_for(state_dir: &Path) -> Result<Runtime, AgentError> {
     .map_err(AgentError::Startup)
 }
 
-fn create_state_dir(dir: &Path) -> Result<(), AgentError> {
+pub(crate) fn create_state_dir(dir: &Path) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| AgentError::Startup(format!("state dir {}: {e}", dir.display())))
+}
+
+/// An exclusive hold on a state dir: `flock` on `state_dir/agent.lock`.
+/// The agent takes it before touching anything in the dir and keeps it
+/// until it exits (the kernel drops it even on `kill -9`), so a second
+/// agent on the same dir (which would kill the first one's apps as
+/// orphans) refuses to start, and `slipway restore` knows no agent runs.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Why a state dir could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it; `holder` is what it wrote in the file.
+    #[error(
+        "the state dir {} is in use by a running slipway ({holder}; lock {}): stop it first (`systemctl stop slipway`)",
+        .path.parent().unwrap_or(Path::new(".")).display(), .path.display()
+    )]
+    Held {
+        path: std::path::PathBuf,
+        holder: String,
+    },
+    #[error("locking {}: {source}", .path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StateLock {
+    /// The lock file's name in the state dir.
+    pub const FILE: &'static str = "agent.lock";
+
+    /// Take the lock without waiting; `holder` ("agent", "restore") is
+    /// written in the file with the pid for whoever finds it held.
+    pub fn acquire(state_dir: &Path, holder: &str) -> Result<StateLock, LockError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join(Self::FILE);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        // Opened close-on-exec (Rust's default), so the app processes the
+        // agent starts do not inherit the lock and keep it after it exits.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(error));
+            }
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim() {
+                "" => "pid unknown".to_string(),
+                t => t.to_string(),
+            };
+            return Err(LockError::Held { path, holder });
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{holder} pid {}", std::process::id()))
+            .map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
 }
 
 /// Run the agent until `shutdown` resolves.
@@ -43,9 +118,14 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     // The text read here is the one in force: the watcher reports only
     // content different from it.
     let text = config::read(config_file)?;
-    let config = Config::parse(config_file, &text)?;
+    let mut config = Config::parse(config_file, &text)?;
+    config.resolve_secrets(Resolve::Agent)?;
+    log_warnings(&config);
     let state_dir = config.agent.state_dir.clone();
     create_state_dir(&state_dir)?;
+    // Held until `run` returns: one agent per state dir.
+    let _lock =
+        StateLock::acquire(&state_dir, "agent").map_err(|e| AgentError::Startup(e.to_string()))?;
     let runtime = runtime_for(&state_dir)?;
     let plugins = config::check(&config, &runtime).await?;
     let journal = Journal::open(&state_dir.join("journal.db"))
@@ -55,11 +135,25 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(pidfile = %pidfile, pid, "killed an app process left over from a previous agent");
     }
     let supervisor = Arc::new(supervisor);
-    let engine = Engine::new(Arc::new(journal), supervisor.clone(), state_dir.clone());
-    tracing::info!(config = %config_file.display(), state_dir = %state_dir.display(), "agent starting");
+    let engine = Arc::new(Engine::new(
+        Arc::new(journal),
+        supervisor.clone(),
+        state_dir.clone(),
+    ));
+    let token = crate::api::ensure_token(&state_dir).map_err(AgentError::Startup)?;
+    let server = crate::api::Server::bind(&config.agent.listen, &state_dir)
+        .await
+        .map_err(AgentError::Startup)?;
+    tracing::info!(config = %config_file.display(), state_dir = %state_dir.display(), api = %server.addr, "agent starting");
     engine.recover(&config).await;
     let config = Arc::new(config);
     engine.apply(config.clone(), &plugins);
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(
+        server.serve(crate::api::router(engine.clone(), token), async move {
+            let _ = api_stopped.await;
+        }),
+    );
 
     let mut changes =
         crate::watch::watch(config_file, text).map_err(|e| AgentError::Startup(e.to_string()))?;
@@ -72,14 +166,19 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
     }
-    tracing::info!("agent stopping: stopping app processes");
+    tracing::info!("agent stopping: recording work in progress, then stopping app processes");
+    let _ = api_stop.send(());
+    engine.shutdown().await;
     supervisor.stop_all().await;
+    let _ = api.await;
+    let _ = std::fs::remove_file(state_dir.join("api-address"));
+    tracing::info!("agent stopped");
     Ok(())
 }
 
 /// Apply an edited config, or log why it was refused and keep the last good.
 async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, engine: &Engine) {
-    let checked = match Config::load_checked(file, text, runtime).await {
+    let checked = match Config::load_checked(file, text, runtime, Resolve::Agent).await {
         Ok((config, _)) if config.agent.state_dir != state_dir => Err(format!(
             "{}: `state_dir` cannot change while the agent runs (restart it to move state)",
             file.display()
@@ -89,10 +188,13 @@ async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, en
     };
     match checked {
         Ok((config, plugins)) => {
+            crate::metrics::metrics().reload(true);
             tracing::info!(config = %file.display(), "config change accepted");
+            log_warnings(&config);
             engine.apply(Arc::new(config), &plugins);
         }
         Err(errors) => {
+            crate::metrics::metrics().reload(false);
             for line in errors.lines() {
                 tracing::error!("{line}");
             }
@@ -103,8 +205,25 @@ async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, en
     }
 }
 
-/// `slipway validate`: parse and check a config; Ok with a summary.
-pub async fn validate(config_file: &Path) -> Result<String, AgentError> {
+/// The config's warnings (literal secrets, ...), one log line each.
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What `slipway validate` found in a valid config.
+#[derive(Debug)]
+pub struct Validated {
+    /// One line for stdout: the file is valid, and what it holds.
+    pub summary: String,
+    /// `FILE:LINE:COL: warning: ...` lines for stderr; they do not make the
+    /// config invalid.
+    pub warnings: Vec<String>,
+}
+
+/// `slipway validate`: parse, read the secrets and check a config.
+pub async fn validate(config_file: &Path) -> Result<Validated, AgentError> {
     let text = config::read(config_file)?;
     // Use the agent's compile cache if it exists; never create a state dir
     // just to validate.
@@ -118,11 +237,15 @@ pub async fn validate(config_file: &Path) -> Result<String, AgentError> {
         ..RuntimeConfig::default()
     })
     .map_err(AgentError::Startup)?;
-    let (config, plugins) = Config::load_checked(config_file, &text, &runtime).await?;
-    Ok(format!(
-        "{}: ok ({} apps, {} plugins)\n",
-        config_file.display(),
-        config.apps.len(),
-        plugins.len()
-    ))
+    let (config, plugins) =
+        Config::load_checked(config_file, &text, &runtime, Resolve::Validate).await?;
+    Ok(Validated {
+        summary: format!(
+            "{}: ok ({} apps, {} plugins)\n",
+            config_file.display(),
+            config.apps.len(),
+            plugins.len()
+        ),
+        warnings: config.warnings.iter().map(ToString::to_string).collect(),
+    })
 }

@@ -2,9 +2,17 @@
 //! plugins. The library holds everything; `main.rs` only parses arguments.
 
 pub mod agent;
+pub mod api;
+pub mod artifact;
+pub mod backup;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engine;
+pub mod init;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;

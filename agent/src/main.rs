@@ -34,11 +34,143 @@ enum Command {
         #[arg(short, long, default_value = "slipway.toml")]
         config: PathBuf,
     },
+    /// Write a commented starter config for one app (build, staging,
+    /// production, smoke and health checks, automatic rollback).
+    Init {
+        /// The app's name.
+        app: String,
+        /// The app's source directory.
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// Production's port; staging gets the next one.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The config file to write.
+        #[arg(short, long, default_value = "slipway.toml")]
+        config: PathBuf,
+        /// The agent's state dir (default: `.slipway` beside the config).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Replace the config file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy the journal (history, releases, pins) to a file; safe while the
+    /// agent runs.
+    Backup {
+        #[arg(short, long, default_value = "slipway.toml")]
+        config: PathBuf,
+        /// The backup file to write.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a journal backup in place of the state dir's journal (the agent
+    /// must be stopped).
+    Restore {
+        #[arg(short, long, default_value = "slipway.toml")]
+        config: PathBuf,
+        /// The backup file to restore.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the state dir's journal if there is one (it is kept
+        /// beside it as journal.db.replaced-TIME).
+        #[arg(long)]
+        force: bool,
+    },
     /// Inspect the plugins this agent can load.
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// What runs where: per app and environment, the release, its health,
+    /// the process, and deployments waiting or pinned.
+    Status {
+        /// Only this app.
+        app: Option<String>,
+        /// Follow the running deployment (or the next one) live until it
+        /// ends; exit 1 if it did not succeed.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An app's deployments, newest first.
+    History {
+        app: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One deployment: its steps, their outcomes and durations, and why it
+    /// ended as it did.
+    Show {
+        deployment: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The plugin logs of every step of a deployment.
+    Logs {
+        deployment: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Put an environment back on its last good release (or `--to` a
+    /// version), and follow it to the end.
+    Rollback {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// The version to go back to (a release still on this server).
+        #[arg(long)]
+        to: Option<String>,
+        /// Return once it has started instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Let a deployment waiting at a manual gate (`promote = "manual"`)
+    /// into the environment.
+    Approve {
+        app: String,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// How the operator commands reach the running agent.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The agent's config: its state dir holds the API address and token.
+    #[arg(short, long, default_value = "slipway.toml")]
+    config: PathBuf,
+    /// The API address (host:port or URL; or SLIPWAY_API), instead of the
+    /// one the agent wrote in its state dir.
+    #[arg(long)]
+    api: Option<String>,
+    /// A file holding the API token, instead of the state dir's api-token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn target(&self) -> slipway::client::Target {
+        slipway::client::Target {
+            config: self.config.clone(),
+            api: self.api.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,7 +199,7 @@ fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(slipway::logging::Redacted(std::io::stderr));
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -111,8 +243,68 @@ fn main() {
                 .await
                 .map(|()| String::new())
                 .map_err(agent_error),
-            Command::Validate { config } => {
-                slipway::agent::validate(&config).await.map_err(agent_error)
+            Command::Validate { config } => slipway::agent::validate(&config)
+                .await
+                .map(|valid| {
+                    for warning in &valid.warnings {
+                        eprintln!("{warning}");
+                    }
+                    valid.summary
+                })
+                .map_err(agent_error),
+            Command::Init {
+                app,
+                path,
+                port,
+                config,
+                state_dir,
+                force,
+            } => slipway::init::init(&slipway::init::InitOptions {
+                app,
+                path,
+                port,
+                config,
+                state_dir,
+                force,
+            })
+            .map_err(Into::into),
+            Command::Backup { config, to, force } => {
+                slipway::backup::backup(&config, &to, force).map_err(Into::into)
+            }
+            Command::Restore {
+                config,
+                from,
+                force,
+            } => slipway::backup::restore(&config, &from, force).map_err(Into::into),
+            Command::Status { app, watch, api } => {
+                let target = api.target();
+                if watch {
+                    slipway::ops::watch(&target, app.as_deref(), api.json).await
+                } else {
+                    slipway::ops::status(&target, app.as_deref(), api.json).await
+                }
+            }
+            Command::History { app, limit, api } => {
+                slipway::ops::history(&api.target(), &app, limit, api.json).await
+            }
+            Command::Show { deployment, api } => {
+                slipway::ops::show(&api.target(), &deployment, api.json).await
+            }
+            Command::Logs { deployment, api } => {
+                slipway::ops::logs(&api.target(), &deployment, api.json).await
+            }
+            Command::Rollback {
+                app,
+                env,
+                to,
+                no_wait,
+                api,
+            } => {
+                slipway::ops::rollback(&api.target(), &app, &env, to.as_deref(), !no_wait, api.json)
+                    .await
+            }
+            Command::Approve { app, env, api } => {
+                slipway::ops::approve(&api.target(), &app, &env, api.json).await
             }
             Command::Plugins { command } => match command {
                 PluginsCommand::List { json } => cli::plugins_list(json).await,

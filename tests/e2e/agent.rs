@@ -6,201 +6,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use slipway::store::{DeploymentState, Journal};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use slipway::store::DeploymentState;
+use std::process::Command;
+use std::time::Duration;
 
-/// A copy of the quickstart in a temp dir, with free ports and short bakes.
-struct Quickstart {
-    dir: tempfile::TempDir,
-    staging: u16,
-    production: u16,
-}
-
-impl Quickstart {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let app = dir.path().join("app");
-        std::fs::create_dir_all(app.join("src")).unwrap();
-        std::fs::copy(
-            repo.join("examples/quickstart/app/src/main.rs"),
-            app.join("src/main.rs"),
-        )
-        .unwrap();
-        let q = Self {
-            dir,
-            staging: support::closed_port(),
-            production: support::closed_port(),
-        };
-        q.write_config("1.0.0");
-        q
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("slipway.toml")
-    }
-
-    fn config_text(&self, version: &str) -> String {
-        format!(
-            r#"[agent]
-state_dir = "state"
-stop_grace = "2s"
-
-[plugins.command]
-source = "builtin:command"
-timeout = "2m"
-grants = {{ exec = ["rustc"] }}
-
-[plugins.http-check]
-source = "builtin:http-check"
-grants = {{ http = ["127.0.0.1:*"] }}
-
-[apps.hello]
-version = "{version}"
-source = {{ path = "app" }}
-keep_releases = 2
-build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
-
-[apps.hello.environments.staging]
-run = {{ command = "./hello", env = {{ PORT = "{s}" }} }}
-smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/", retries = 30, retry_delay_ms = 100 }} }}
-health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "1s" }}
-
-[apps.hello.environments.production]
-promote_from = "staging"
-run = {{ command = "./hello", env = {{ PORT = "{p}" }} }}
-smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/", retries = 30, retry_delay_ms = 100 }} }}
-health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/healthz" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s" }}
-"#,
-            s = self.staging,
-            p = self.production
-        )
-    }
-
-    /// Save like an editor does: write a new file, rename it over the old.
-    fn write_config(&self, version: &str) {
-        self.save(&self.config_text(version));
-    }
-
-    fn save(&self, text: &str) {
-        let tmp = self.dir.path().join(".slipway.toml.swp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.config()).unwrap();
-    }
-
-    fn start_agent(&self) -> Agent {
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = self.dir.path().join(format!("agent-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(["agent", "-c"])
-            .arg(self.config())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting the agent");
-        Agent { child, log }
-    }
-
-    fn journal(&self) -> Journal {
-        Journal::open(&self.dir.path().join("state/journal.db")).unwrap()
-    }
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(mut self) {
-        unsafe { libc_kill(self.child.id() as i32, 15) };
-        let _ = self.child.wait();
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// GET a path from the app on `port`: (status, body), or None if down.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    ))
-}
-
-fn wait_for(what: &str, agent: &Agent, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "timed out waiting for {what}\n--- agent log ---\n{}",
-        agent.log()
-    );
-}
-
-fn serves(port: u16, version: &str) -> bool {
-    matches!(get(port, "/"), Some((200, body)) if body.contains(&format!("hello from {version}")))
-}
-
-fn latest(q: &Quickstart) -> Option<slipway::store::Deployment> {
-    q.journal()
-        .deployments(Some("hello"), 1)
-        .ok()?
-        .into_iter()
-        .next()
-}
-
-fn wait_deployment_end(q: &Quickstart, agent: &Agent, version: &str) -> slipway::store::Deployment {
-    let mut found = None;
-    wait_for(
-        &format!("the {version} deployment to end"),
-        agent,
-        Duration::from_secs(90),
-        || {
-            found =
-                latest(q).filter(|d| d.version == version && d.state != DeploymentState::Running);
-            found.is_some()
-        },
-    );
-    found.unwrap()
-}
+use support::quickstart::*;
 
 #[test]
 fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
@@ -272,15 +82,15 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
     let invalid = [
         (
             valid.replace("[apps.hello]", "[apps.hello"),
-            "slipway.toml:14:12: invalid TOML",
+            "slipway.toml:15:12: invalid TOML",
         ),
         (
             valid.replace("keep_releases = 2", "keep_releases = 2\ncolour = \"blue\""),
-            "slipway.toml:18:1: unknown key `colour`",
+            "slipway.toml:19:1: unknown key `colour`",
         ),
         (
             valid.replace("version = \"1.3.0\"", "version = \"one point three\""),
-            "slipway.toml:15:11: `version` `one point three` is not semver",
+            "slipway.toml:16:11: `version` `one point three` is not semver",
         ),
         (
             valid.replace("plugin = \"http-check\"", "plugin = \"http-chek\""),
@@ -421,7 +231,7 @@ fn validate_reports_every_error_with_its_location() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     let file = q.config().display().to_string();
     for expected in [
-        ":15:11: `version` `1.0` is not semver",
+        ":16:11: `version` `1.0` is not semver",
         "`interval`: `soon` is not a duration",
         "unknown key `colour`",
         "promote_from `qa`: no such environment",

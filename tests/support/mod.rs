@@ -2,6 +2,8 @@
 //! servers, and step requests with a real release directory.
 #![allow(dead_code)]
 
+pub mod quickstart;
+
 use slipway::runtime::{
     DirGrant, Grants, HostPattern, Limits, Plugin, PluginSource, Redactor, ReleaseRef, Runtime,
     RuntimeConfig, StepContext, StepInput, StepKind, StepLabels, StepOutcome, StepRequest, builtin,

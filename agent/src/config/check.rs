@@ -35,6 +35,10 @@ pub async fn check(config: &Config, runtime: &Runtime) -> Result<Plugins, Config
         if let Some(b) = &app.build {
             steps.push((format!("[apps.{}] build", app.name), StepKind::Build, b));
         }
+        for (i, s) in app.notify.iter().enumerate() {
+            let what = format!("[apps.{}] notify[{i}]", app.name);
+            steps.push((what, StepKind::Notify, s));
+        }
         for env in &app.environments {
             let at = |s: &str| format!("[apps.{}.environments.{}] {s}", app.name, env.name);
             let kinds = [
@@ -49,6 +53,12 @@ pub async fn check(config: &Config, runtime: &Runtime) -> Result<Plugins, Config
             }
             if let Some(h) = &env.health {
                 steps.push((at("health"), StepKind::HealthCheck, &h.step));
+            }
+            for (i, s) in env.pre_deploy.iter().enumerate() {
+                steps.push((at(&format!("pre_deploy[{i}]")), StepKind::Deploy, s));
+            }
+            for (i, s) in env.on_rollback.iter().enumerate() {
+                steps.push((at(&format!("on_rollback[{i}]")), StepKind::Rollback, s));
             }
         }
         for (what, kind, step) in steps {

@@ -7,9 +7,12 @@
 //! `docs/config.md`.
 
 mod check;
+mod literal_secrets;
 mod parse;
+mod secrets;
 
 pub use check::{Plugins, check};
+pub use secrets::{Resolve, Secret, SecretConfig, SecretSource};
 
 use crate::runtime::{Grants, PluginSource};
 use semver::Version;
@@ -26,6 +29,52 @@ pub struct ConfigError {
     pub line: usize,
     pub col: usize,
     pub message: String,
+}
+
+impl ConfigError {
+    /// A problem at a position kept from parsing (checks after the walk).
+    pub fn at(file: &Path, at: Loc, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: at.line,
+            col: at.col,
+            message: message.into(),
+        }
+    }
+}
+
+/// A located finding that does not make the config invalid (a secret
+/// written literally, a secret `validate` cannot read here): `validate`
+/// prints it, the agent logs it, and the config is used all the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            file,
+            line,
+            col,
+            message,
+        } = self;
+        write!(f, "{}:{line}:{col}: warning: {message}", file.display())
+    }
+}
+
+impl From<ConfigError> for ConfigWarning {
+    fn from(e: ConfigError) -> Self {
+        Self {
+            file: e.file,
+            line: e.line,
+            col: e.col,
+            message: e.message,
+        }
+    }
 }
 
 /// All the problems found in one file, in file order.
@@ -48,6 +97,11 @@ pub struct Config {
     pub agent: AgentConfig,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub apps: BTreeMap<String, AppConfig>,
+    /// `[secrets.NAME]`: sources, and values once resolved. Not part of
+    /// any app's spec: a secret's value never reaches the journal.
+    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Findings that do not make the config invalid, in file order.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// `[agent]`.
@@ -59,6 +113,8 @@ pub struct AgentConfig {
     pub listen: String,
     /// How long a stopped app gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Allow a non-loopback `listen` (only behind a TLS proxy).
+    pub allow_remote_api: bool,
 }
 
 /// `[plugins.NAME]`.
@@ -85,6 +141,10 @@ pub struct AppConfig {
     pub keep_releases: usize,
     /// In promotion order: every environment comes after its `promote_from`.
     pub environments: Vec<EnvConfig>,
+    /// Steps told of every state change of a deployment, in order. Who hears
+    /// about a deployment is not what is deployed: not in the spec.
+    #[serde(skip)]
+    pub notify: Vec<StepConfig>,
 }
 
 /// Where an app's source comes from.
@@ -93,6 +153,9 @@ pub struct AppConfig {
 pub enum AppSource {
     /// A directory on this machine, copied into each release before build.
     Path(PathBuf),
+    /// A file downloaded once (verified against `sha256`, lowercase hex) and
+    /// unpacked into each release before build: see [`crate::artifact`].
+    Url { url: String, sha256: String },
 }
 
 /// One step: a plugin and its params.
@@ -153,6 +216,28 @@ pub struct EnvConfig {
     pub health: Option<HealthConfig>,
     pub rollback: Option<StepConfig>,
     pub on_failure: OnFailure,
+    /// Whether a deployment enters this environment on its own or waits for
+    /// `slipway approve`. Gate policy, not what is deployed: not in the spec.
+    #[serde(skip)]
+    pub promote: Promote,
+    /// How long a manual gate waits before the deployment is cancelled.
+    #[serde(skip)]
+    pub approval_timeout: Option<Duration>,
+    /// Steps run before the release is activated (backup, migrations); a
+    /// failure stops the deployment with this environment untouched.
+    pub pre_deploy: Vec<StepConfig>,
+    /// Steps run when this environment is rolled back (restore), after the
+    /// failed release is stopped and before the last good one starts.
+    pub on_rollback: Vec<StepConfig>,
+}
+
+/// `promote` of an environment.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Promote {
+    #[default]
+    Auto,
+    Manual,
 }
 
 impl AppConfig {
@@ -186,16 +271,21 @@ impl Config {
         }
     }
 
-    /// Parse, then check against the plugins: every error of both phases.
+    /// Parse, read the secrets, then check against the plugins: every
+    /// error of all phases.
     pub async fn load_checked(
         file: &Path,
         text: &str,
         runtime: &crate::runtime::Runtime,
+        secrets: Resolve,
     ) -> Result<(Self, Plugins), ConfigErrors> {
         let (config, mut errors) = parse::parse(file, text);
-        let Some(config) = config else {
+        let Some(mut config) = config else {
             return Err(ConfigErrors(errors));
         };
+        if let Err(ConfigErrors(more)) = config.resolve_secrets(secrets) {
+            errors.extend(more);
+        }
         match check(&config, runtime).await {
             Ok(plugins) if errors.is_empty() => return Ok((config, plugins)),
             Ok(_) => {}
@@ -431,5 +521,128 @@ run = { command = "./web", env = { PORT = "8081" } }
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(a, same);
+    }
+
+    #[test]
+    fn notify_steps_are_parsed_but_not_part_of_the_spec() {
+        let hook = |url: &str| {
+            GOOD.replace(
+                "source = { path = \"app\" }\n",
+                &format!(
+                    "source = {{ path = \"app\" }}\nnotify = [{{ plugin = \"hook\", params = {{ url = \"{url}\" }} }}, {{ plugin = \"other\" }}]\n"
+                ),
+            )
+        };
+        let config = parse(&hook("http://127.0.0.1:9/a")).unwrap();
+        let app = &config.apps["web"];
+        let plugins: Vec<&str> = app.notify.iter().map(|s| s.plugin.as_str()).collect();
+        assert_eq!(plugins, ["hook", "other"]);
+        assert_eq!(app.notify[0].params["url"], "http://127.0.0.1:9/a");
+        assert_eq!((app.notify[0].at.line, app.notify[0].at.col), (9, 11));
+        let without = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let other_url = parse(&hook("http://127.0.0.1:9/b")).unwrap().apps["web"].spec_hash();
+        assert_eq!(app.spec_hash(), without, "adding notify must not redeploy");
+        assert_eq!(other_url, without, "editing notify must not redeploy");
+
+        let bad = GOOD.replace(
+            "source = { path = \"app\" }\n",
+            "source = { path = \"app\" }\nnotify = { plugin = \"hook\" }\n",
+        );
+        let errors = parse(&bad).unwrap_err();
+        assert!(
+            errors[0].starts_with("9:10: `notify` must be an array of steps"),
+            "{errors:#?}"
+        );
+        let missing = GOOD.replace(
+            "source = { path = \"app\" }\n",
+            "source = { path = \"app\" }\nnotify = [{ params = {} }]\n",
+        );
+        let errors = parse(&missing).unwrap_err();
+        assert!(
+            errors[0].starts_with("9:11: `notify`[0] needs `plugin`"),
+            "{errors:#?}"
+        );
+    }
+
+    const SHA: &str = "A1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+    fn with_source(source: &str) -> String {
+        GOOD.replace("source = { path = \"app\" }", &format!("source = {source}"))
+    }
+
+    #[test]
+    fn a_url_source_is_pinned_by_its_sha256() {
+        let text = with_source(&format!(
+            "{{ url = \"https://example.com/rel/app-1.2.3.tar.gz\", sha256 = \"{SHA}\" }}"
+        ));
+        let app = &parse(&text).unwrap().apps["web"];
+        assert_eq!(
+            app.source,
+            AppSource::Url {
+                url: "https://example.com/rel/app-1.2.3.tar.gz".into(),
+                sha256: SHA.to_ascii_lowercase(),
+            }
+        );
+        let other_sha = text.replace(&SHA[..4], "ffff");
+        let other_url = text.replace("1.2.3.tar.gz", "1.2.4.tar.gz");
+        let hash = app.spec_hash();
+        assert_ne!(hash, parse(&other_sha).unwrap().apps["web"].spec_hash());
+        assert_ne!(hash, parse(&other_url).unwrap().apps["web"].spec_hash());
+    }
+
+    #[test]
+    fn bad_url_sources_are_located_errors() {
+        let cases = [
+            (
+                format!("{{ url = \"ftp://example.com/app.tgz\", sha256 = \"{SHA}\" }}"),
+                "8:18: `source.url`: `ftp://example.com/app.tgz` is not an http or https URL",
+            ),
+            (
+                format!("{{ url = \"https://example.com/\", sha256 = \"{SHA}\" }}"),
+                "8:18: `source.url`: `https://example.com/` does not end in a file name",
+            ),
+            (
+                "{ url = \"https://example.com/app.tgz\" }".to_string(),
+                "8:10: `source` with `url` needs `sha256`",
+            ),
+            (
+                "{ url = \"https://example.com/app.tgz\", sha256 = \"abc123\" }".to_string(),
+                "8:58: `source.sha256` must be 64 hex digits, not `abc123`",
+            ),
+            (
+                format!(
+                    "{{ url = \"https://example.com/app.tgz\", sha256 = \"{}\" }}",
+                    "g".repeat(64)
+                ),
+                "8:58: `source.sha256` must be 64 hex digits",
+            ),
+            (
+                format!(
+                    "{{ url = \"https://example.com/app.tgz\", sha256 = \"{SHA}\", strip = 1 }}"
+                ),
+                "8:126: unknown key `strip` in `source` (expected one of: path, url, sha256)",
+            ),
+            (
+                format!(
+                    "{{ path = \"app\", url = \"https://example.com/app.tgz\", sha256 = \"{SHA}\" }}"
+                ),
+                "8:32: `source` has both `path` and `url`: keep one",
+            ),
+            (
+                format!("{{ path = \"app\", sha256 = \"{SHA}\" }}"),
+                "8:35: `source.sha256` goes with `url`",
+            ),
+            (
+                "{}".to_string(),
+                "8:10: `source` needs `path` (a directory) or `url` (with `sha256`)",
+            ),
+        ];
+        for (source, expected) in cases {
+            let errors = parse(&with_source(&source)).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{source}: {errors:#?}"
+            );
+        }
     }
 }

@@ -15,6 +15,9 @@ struct Doc<'a> {
     text: &'a str,
     base: PathBuf,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+    /// The names under `[secrets]`, for checking `grants.secrets`.
+    secret_names: Vec<String>,
 }
 
 impl<'a> Doc<'a> {
@@ -33,6 +36,12 @@ impl<'a> Doc<'a> {
             col,
             message: message.into(),
         });
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let at = self.loc(span.start);
+        self.warnings
+            .push(ConfigError::at(self.file, at, message).into());
     }
 
     /// Report keys of `table` not in `known`; `what` names the table.
@@ -119,6 +128,19 @@ impl<'a> Doc<'a> {
         Some(out)
     }
 
+    fn boolean(&mut self, v: &Value<'_>, what: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.error(
+                    v.span(),
+                    format!("{what} must be true or false, not {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, v: &Value<'_>, what: &str) -> Option<Duration> {
         let text = self.string(v, what)?;
         match parse_duration(&text) {
@@ -168,6 +190,8 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
         text,
         base: base_dir(file),
         errors: Vec::new(),
+        warnings: Vec::new(),
+        secret_names: Vec::new(),
     };
     let root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -181,12 +205,22 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
     };
     let root_span = root.span();
     let root = root.get_ref();
-    doc.known_keys(root, "the config", &["agent", "plugins", "apps"]);
+    doc.known_keys(root, "the config", &["agent", "secrets", "plugins", "apps"]);
 
     let agent = match root.get("agent") {
         Some(v) => agent(&mut doc, v),
         None => Some(default_agent(&doc)),
     };
+    // Before the plugins, whose grants name them.
+    let mut secrets = BTreeMap::new();
+    if let Some(table) = root.get("secrets").and_then(|v| doc.table(v, "`secrets`")) {
+        doc.secret_names = table.keys().map(|k| k.get_ref().to_string()).collect();
+        for (name, value) in table {
+            if let Some(s) = secret(&mut doc, name.get_ref(), value) {
+                secrets.insert(name.get_ref().to_string(), s);
+            }
+        }
+    }
     let mut plugins = BTreeMap::new();
     if let Some(table) = root.get("plugins").and_then(|v| doc.table(v, "`plugins`")) {
         for (name, value) in table {
@@ -212,13 +246,20 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
         ),
     }
 
+    for (span, message) in literal_secrets::scan(root, &doc.secret_names) {
+        doc.warn(span, message);
+    }
+
     let agent = agent.unwrap_or_else(|| default_agent(&doc));
     doc.errors.sort_by_key(|e| (e.line, e.col));
+    doc.warnings.sort_by_key(|w| (w.line, w.col));
     let config = Config {
         file: file.to_path_buf(),
         agent,
         plugins,
         apps,
+        secrets,
+        warnings: doc.warnings,
     };
     (Some(config), doc.errors)
 }
@@ -227,13 +268,18 @@ fn default_agent(doc: &Doc<'_>) -> AgentConfig {
     AgentConfig {
         state_dir: doc.path(".slipway"),
         listen: "127.0.0.1:7171".into(),
+        allow_remote_api: false,
         stop_grace: Duration::from_secs(10),
     }
 }
 
 fn agent(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AgentConfig> {
     let table = doc.table(v, "`[agent]`")?;
-    doc.known_keys(table, "[agent]", &["state_dir", "listen", "stop_grace"]);
+    doc.known_keys(
+        table,
+        "[agent]",
+        &["state_dir", "listen", "stop_grace", "allow_remote_api"],
+    );
     let mut agent = default_agent(doc);
     if let Some(v) = table.get("state_dir") {
         let dir = doc.string(v, "`state_dir`")?;
@@ -251,6 +297,23 @@ fn agent(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AgentConfig> {
     }
     if let Some(v) = table.get("stop_grace") {
         agent.stop_grace = doc.duration(v, "`stop_grace`")?;
+    }
+    if let Some(v) = table.get("allow_remote_api") {
+        agent.allow_remote_api = doc.boolean(v, "`allow_remote_api`")?;
+    }
+    if let (Ok(addr), Some(v)) = (
+        agent.listen.parse::<std::net::SocketAddr>(),
+        table.get("listen"),
+    ) && !addr.ip().is_loopback()
+        && !agent.allow_remote_api
+    {
+        doc.error(
+            v.span(),
+            format!(
+                "`listen` = \"{}\" is not a loopback address: the API would take bearer tokens in clear text over the network. Put a TLS proxy in front and set `allow_remote_api = true` in [agent], or listen on 127.0.0.1",
+                agent.listen
+            ),
+        );
     }
     Some(agent)
 }
@@ -376,8 +439,90 @@ fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
     }
     if let Some(v) = table.get("secrets") {
         g.secrets = doc.strings(v, "`secrets`")?;
+        if let DeValue::Array(items) = v.get_ref() {
+            for (name, item) in g.secrets.iter().zip(items) {
+                if !doc.secret_names.contains(name) {
+                    doc.error(
+                        item.span(),
+                        format!(
+                            "`secrets`: no secret `{name}` is declared: add [secrets.{name}] with its source (`env`, `file` or `credential`)"
+                        ),
+                    );
+                }
+            }
+        }
     }
     Some(g)
+}
+
+/// `[secrets.NAME]`: exactly one source. The value is read later
+/// ([`Config::resolve_secrets`]), never taken from the config text.
+fn secret(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<SecretConfig> {
+    let what = format!("[secrets.{name}]");
+    let table = doc.table(v, &what)?;
+    if let Some(literal) = table.get("value") {
+        doc.error(
+            literal.span(),
+            format!(
+                "{what} `value`: a secret's value never goes in the config; name where to read it: `env = \"VAR\"`, `file = \"PATH\"` or `credential = \"NAME\"` (systemd)"
+            ),
+        );
+        return None;
+    }
+    doc.known_keys(table, &what, &["env", "file", "credential"]);
+    let given: Vec<(&str, &Value<'_>)> = ["env", "file", "credential"]
+        .into_iter()
+        .filter_map(|key| Some((key, table.get(key)?)))
+        .collect();
+    let (key, source_v) = match given.as_slice() {
+        [one] => *one,
+        [] => {
+            doc.error(
+                v.span(),
+                format!("{what} needs one source: `env`, `file` or `credential`"),
+            );
+            return None;
+        }
+        [_, second, ..] => {
+            let keys: Vec<String> = given.iter().map(|(k, _)| format!("`{k}`")).collect();
+            doc.error(
+                second.1.span(),
+                format!(
+                    "{what} has more than one source ({}): keep one",
+                    keys.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let text = doc.string(source_v, &format!("{what} `{key}`"))?;
+    let bad = |why: &str| format!("{what} `{key}` {why}");
+    let source = match key {
+        "env" if text.is_empty() || text.contains('=') || text.contains('\0') => {
+            doc.error(source_v.span(), bad("must be an environment variable name"));
+            return None;
+        }
+        "env" => SecretSource::Env(text),
+        "file" if text.is_empty() => {
+            doc.error(source_v.span(), bad("must be a path"));
+            return None;
+        }
+        "file" => SecretSource::File(doc.path(&text)),
+        _ if text.is_empty() || text.contains('/') || text == "." || text == ".." => {
+            doc.error(
+                source_v.span(),
+                bad("must be a credential name (as in `LoadCredential=NAME:…`), not a path"),
+            );
+            return None;
+        }
+        _ => SecretSource::Credential(text),
+    };
+    Some(SecretConfig {
+        name: name.to_string(),
+        source,
+        at: doc.loc(source_v.span().start),
+        value: None,
+    })
 }
 
 fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) -> Option<AppConfig> {
@@ -392,6 +537,7 @@ fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) ->
             "build",
             "keep_releases",
             "environments",
+            "notify",
         ],
     );
     let version = required(doc, table, "version", &what, name_span.clone()).and_then(|v| {
@@ -408,20 +554,8 @@ fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) ->
             }
         }
     });
-    let source = required(doc, table, "source", &what, name_span.clone()).and_then(|v| {
-        let t = doc.table(v, "`source`")?;
-        doc.known_keys(t, "`source`", &["path"]);
-        let p = required(doc, t, "path", "`source`", v.span())?;
-        let path = doc.string(p, "`source.path`")?;
-        let path = doc.path(&path);
-        if !path.is_dir() {
-            doc.error(
-                p.span(),
-                format!("`source.path` {} is not a directory", path.display()),
-            );
-        }
-        Some(AppSource::Path(path))
-    });
+    let source =
+        required(doc, table, "source", &what, name_span.clone()).and_then(|v| app_source(doc, v));
     let build = table.get("build").and_then(|v| step(doc, v, "`build`"));
     let keep_releases = match table.get("keep_releases") {
         Some(v) => doc.integer(v, "`keep_releases`", 1).map(|n| n as usize),
@@ -443,6 +577,10 @@ fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) ->
             format!("{what} has no `[apps.{name}.environments.ENV]`"),
         ),
     }
+    let notify = table
+        .get("notify")
+        .map(|v| steps(doc, v, "`notify`"))
+        .unwrap_or_default();
     let environments = promotion_order(doc, name, environments)?;
     Some(AppConfig {
         name: name.to_string(),
@@ -451,7 +589,68 @@ fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) ->
         build,
         keep_releases: keep_releases?,
         environments,
+        notify,
     })
+}
+
+/// `source`: `{ path = "dir" }` or `{ url = "https://…", sha256 = "…" }`.
+fn app_source(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AppSource> {
+    let t = doc.table(v, "`source`")?;
+    doc.known_keys(t, "`source`", &["path", "url", "sha256"]);
+    match (t.get("path"), t.get("url")) {
+        (Some(_), Some(u)) => {
+            doc.error(u.span(), "`source` has both `path` and `url`: keep one");
+            None
+        }
+        (None, None) => {
+            doc.error(
+                v.span(),
+                "`source` needs `path` (a directory) or `url` (with `sha256`)",
+            );
+            None
+        }
+        (Some(p), None) => {
+            if let Some(s) = t.get("sha256") {
+                doc.error(
+                    s.span(),
+                    "`source.sha256` goes with `url`; a `path` source is not pinned",
+                );
+            }
+            let path = doc.string(p, "`source.path`")?;
+            let path = doc.path(&path);
+            if !path.is_dir() {
+                doc.error(
+                    p.span(),
+                    format!("`source.path` {} is not a directory", path.display()),
+                );
+            }
+            Some(AppSource::Path(path))
+        }
+        (None, Some(u)) => {
+            let url = doc.string(u, "`source.url`")?;
+            if let Err(e) = crate::artifact::check_url(&url) {
+                doc.error(u.span(), format!("`source.url`: {e}"));
+            }
+            let Some(s) = t.get("sha256") else {
+                doc.error(
+                    v.span(),
+                    "`source` with `url` needs `sha256` (64 hex digits: `sha256sum FILE`)",
+                );
+                return None;
+            };
+            let sha256 = doc.string(s, "`source.sha256`")?;
+            if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                doc.error(
+                    s.span(),
+                    format!("`source.sha256` must be 64 hex digits, not `{sha256}`"),
+                );
+            }
+            Some(AppSource::Url {
+                url,
+                sha256: sha256.to_ascii_lowercase(),
+            })
+        }
+    }
 }
 
 /// Order environments so each follows its `promote_from`; report unknown
@@ -521,6 +720,10 @@ fn environment(doc: &mut Doc<'_>, app: &str, name: &str, v: &Value<'_>) -> Optio
             "health",
             "rollback",
             "on_failure",
+            "promote",
+            "approval_timeout",
+            "pre_deploy",
+            "on_rollback",
         ],
     );
     let promote_from = table
@@ -548,6 +751,40 @@ fn environment(doc: &mut Doc<'_>, app: &str, name: &str, v: &Value<'_>) -> Optio
         },
         None => OnFailure::Rollback,
     };
+    let promote = match table.get("promote") {
+        Some(v) => match doc.string(v, "`promote`").as_deref() {
+            Some("auto") | None => Promote::Auto,
+            Some("manual") => Promote::Manual,
+            Some(other) => {
+                doc.error(
+                    v.span(),
+                    format!("`promote` must be \"auto\" or \"manual\", not \"{other}\""),
+                );
+                Promote::Auto
+            }
+        },
+        None => Promote::Auto,
+    };
+    let approval_timeout = match table.get("approval_timeout") {
+        Some(v) => {
+            if promote != Promote::Manual {
+                doc.error(
+                    v.span(),
+                    format!("{what} `approval_timeout` needs `promote = \"manual\"`"),
+                );
+            }
+            doc.duration(v, "`approval_timeout`")
+        }
+        None => None,
+    };
+    let pre_deploy = table
+        .get("pre_deploy")
+        .map(|v| steps(doc, v, "`pre_deploy`"))
+        .unwrap_or_default();
+    let on_rollback = table
+        .get("on_rollback")
+        .map(|v| steps(doc, v, "`on_rollback`"))
+        .unwrap_or_default();
     if run.is_none()
         && deploy.is_none()
         && !table.contains_key("run")
@@ -567,7 +804,28 @@ fn environment(doc: &mut Doc<'_>, app: &str, name: &str, v: &Value<'_>) -> Optio
         health,
         rollback,
         on_failure,
+        promote,
+        approval_timeout,
+        pre_deploy,
+        on_rollback,
     })
+}
+
+/// An array of steps (`pre_deploy = [ { plugin = .., params = .. }, .. ]`),
+/// run in order; a bad item is reported and left out.
+fn steps(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Vec<StepConfig> {
+    let DeValue::Array(items) = v.get_ref() else {
+        doc.error(
+            v.span(),
+            format!("{what} must be an array of steps, like [{{ plugin = \"command\", params = {{ .. }} }}]"),
+        );
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| step(doc, item, &format!("{what}[{i}]")))
+        .collect()
 }
 
 fn run(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<RunConfig> {

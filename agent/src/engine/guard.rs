@@ -11,8 +11,9 @@
 //! Checks made here are logged, not journaled one by one: a check every
 //! second for months would bury the deployments the journal is for.
 
+use super::notify::State;
 use super::pipeline::{release_ref, rollback, run_step};
-use super::{Desired, Shared};
+use super::{Desired, EngineError, Shared};
 use crate::config::{EnvConfig, OnFailure};
 use crate::runtime::{Health, StepKind, StepValue};
 use crate::store::DeploymentState;
@@ -121,15 +122,17 @@ pub(super) async fn roll_back(shared: &Arc<Shared>, desired: &Desired, unhealthy
     let Some(failed) = release_ref(shared, current) else {
         return;
     };
-    // The release of the last deployment that succeeded before this one.
+    // The release of the last deployment that succeeded before this one
+    // and is still on disk.
     let target = journal
         .deployments(Some(app), 100)
         .unwrap_or_default()
         .into_iter()
         .filter(|d| d.state == DeploymentState::Succeeded)
         .filter_map(|d| d.release_id)
-        .find(|r| r != current)
-        .and_then(|r| release_ref(shared, &r));
+        .filter(|r| r != current)
+        .filter_map(|r| release_ref(shared, &r))
+        .find(|r| r.dir.is_dir());
     let reason = format!(
         "{}: turned unhealthy after promotion: {} consecutive failed health checks; last: {message}",
         env.name, health.unhealthy_after
@@ -152,7 +155,160 @@ pub(super) async fn roll_back(shared: &Arc<Shared>, desired: &Desired, unhealthy
     } else {
         DeploymentState::Failed
     };
+    let metric = if rolled_back { "rolled_back" } else { "failed" };
+    crate::metrics::metrics().deployment(app, &env.name, metric);
     let _ = journal.finish_deployment(id, state, Some(&reason));
     let _ = journal.pin(app, &hash, &reason, id);
     tracing::warn!(app = %app, env = %env.name, deployment = id, "{reason}");
+    let (notice, version) = (State::after_rollback(rolled_back), &failed.version);
+    let notifier = &shared.notifier;
+    notifier.send(desired, id, Some(&env.name), version, notice, reason);
+}
+
+/// An operator's rollback (`POST …/rollback`, `slipway rollback`): put
+/// `env` on the release of version `to`, or on its last good release, as a
+/// deployment of its own. The replaced (version, config) is pinned like an
+/// automatic rollback, so the reconciler does not put it straight back.
+/// `reply` gets the deployment id as soon as it is journaled.
+pub(super) async fn operator_rollback(
+    shared: &Arc<Shared>,
+    desired: &Desired,
+    env_name: &str,
+    to: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<i64, EngineError>>,
+) {
+    let plan = match plan_rollback(shared, desired, env_name, to.as_deref()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    let (env, failed, target, failed_spec) = plan;
+    let app = &desired.app.name;
+    let journal = &shared.journal;
+    let hash = desired.app.spec_hash();
+    let id = match journal.start_deployment(app, &failed.version, &hash, &desired.app.spec_json()) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = reply.send(Err(EngineError::Internal(format!(
+                "cannot journal the rollback; not acting: {e}"
+            ))));
+            return;
+        }
+    };
+    let _ = journal.set_deployment_release(id, &failed.id);
+    let _ = reply.send(Ok(id));
+    let reason = format!(
+        "{}: rolled back by an operator from {} ({}) to {} ({})",
+        env.name, failed.version, failed.id, target.version, target.id
+    );
+    tracing::warn!(app = %app, env = %env.name, deployment = id, "{reason}");
+    let rolled_back = rollback(shared, desired, &env, &failed, Some(&target), Some(id)).await;
+    if rolled_back {
+        let _ = journal.set_last_good_release(app, &env.name, &target.id);
+        crate::metrics::metrics().deployment(app, &env.name, "rolled_back");
+    } else {
+        crate::metrics::metrics().deployment(app, &env.name, "failed");
+    }
+    let (state, reason) = if rolled_back {
+        (DeploymentState::RolledBack, reason)
+    } else {
+        (
+            DeploymentState::Failed,
+            format!("{reason}: could not start the target release"),
+        )
+    };
+    let _ = journal.finish_deployment(id, state, Some(&reason));
+    let (notice, version) = (State::after_rollback(rolled_back), &failed.version);
+    let notifier = &shared.notifier;
+    notifier.send(desired, id, Some(&env.name), version, notice, &reason);
+    // Pin what the config asks for only if that is what was rolled back.
+    if failed_spec.as_deref() == Some(hash.as_str()) {
+        let _ = journal.pin(app, &hash, &reason, id);
+    }
+}
+
+type RollbackPlan = (
+    EnvConfig,
+    crate::runtime::ReleaseRef,
+    crate::runtime::ReleaseRef,
+    Option<String>,
+);
+
+/// (environment, release it runs, release to go to, spec hash of the
+/// deployment that built the release it runs), or why not.
+fn plan_rollback(
+    shared: &Shared,
+    desired: &Desired,
+    env_name: &str,
+    to: Option<&str>,
+) -> Result<RollbackPlan, EngineError> {
+    let app = &desired.app.name;
+    let journal = &shared.journal;
+    let internal = |e: crate::store::StoreError| EngineError::Internal(e.to_string());
+    let env = desired
+        .app
+        .environment(env_name)
+        .ok_or_else(|| {
+            EngineError::NotFound(format!("app `{app}` has no environment `{env_name}`"))
+        })?
+        .clone();
+    let state = journal.env_state(app, env_name).map_err(internal)?;
+    let current = state
+        .as_ref()
+        .and_then(|s| s.current_release.clone())
+        .ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "{app} runs nothing in {env_name}: nothing to roll back"
+            ))
+        })?;
+    let failed = release_ref(shared, &current)
+        .ok_or_else(|| EngineError::Internal(format!("release {current} is not in the journal")))?;
+    let deployments = journal.deployments(Some(app), 1000).map_err(internal)?;
+    let live = journal.releases(app).map_err(internal)?;
+    let target_id = match to {
+        Some(version) => live
+            .iter()
+            .find(|r| r.version == version && r.id != current)
+            .map(|r| r.id.clone())
+            .ok_or_else(|| {
+                let kept: Vec<String> = live
+                    .iter()
+                    .map(|r| format!("{} ({})", r.version, r.id))
+                    .collect();
+                EngineError::NotFound(format!(
+                    "no release of {app} {version} on this server other than the one running (releases kept: {})",
+                    if kept.is_empty() { "none".into() } else { kept.join(", ") }
+                ))
+            })?,
+        None => state
+            .as_ref()
+            .and_then(|s| s.last_good_release.clone())
+            .filter(|r| *r != current)
+            .or_else(|| {
+                deployments
+                    .iter()
+                    .filter(|d| d.state == DeploymentState::Succeeded)
+                    .filter_map(|d| d.release_id.clone())
+                    .find(|r| *r != current)
+            })
+            .ok_or_else(|| {
+                EngineError::Conflict(format!(
+                    "{app} has no earlier good release in {env_name} to roll back to; name one with `to`"
+                ))
+            })?,
+    };
+    let target = release_ref(shared, &target_id)
+        .filter(|t| t.dir.is_dir())
+        .ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "release {target_id} is no longer on disk; name another version with `to`"
+            ))
+        })?;
+    let failed_spec = deployments
+        .iter()
+        .find(|d| d.release_id.as_deref() == Some(current.as_str()))
+        .map(|d| d.spec_hash.clone());
+    Ok((env, failed, target, failed_spec))
 }

@@ -12,12 +12,14 @@
 //! (`runtime`): it decides what to run, records it, and asks them.
 
 mod guard;
+mod notify;
 mod pipeline;
 mod recover;
 
 use crate::config::{AppConfig, Config, Plugins};
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,29 +33,264 @@ pub struct Desired {
     pub plugins: Plugins,
 }
 
+/// How long a stopping agent waits for queued notifications to go out.
+const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shared by the app workers.
 pub(crate) struct Shared {
     pub journal: Arc<Journal>,
     pub supervisor: Arc<Supervisor>,
     pub state_dir: PathBuf,
+    /// The latest health check result per (app, environment).
+    health: Mutex<HashMap<(String, String), HealthReport>>,
+    /// Deployments waiting at a manual gate, per (app, environment).
+    approvals: Mutex<HashMap<(String, String), Approval>>,
+    /// Tells each app's `notify` steps of its deployments, off their path.
+    notifier: notify::Notifier,
+}
+
+impl Shared {
+    pub(crate) fn record_health(&self, app: &str, env: &str, result: &str, message: &str) {
+        let report = HealthReport {
+            result: result.to_string(),
+            message: message.to_string(),
+            at: crate::store::now_ms(),
+        };
+        self.health
+            .lock()
+            .expect("health map poisoned")
+            .insert((app.to_string(), env.to_string()), report);
+    }
+}
+
+/// The latest health check of an environment (during a bake or after).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// healthy, unhealthy, unknown, or how the step failed (timeout, trap...).
+    pub result: String,
+    pub message: String,
+    /// When, ms since the epoch.
+    pub at: i64,
+}
+
+/// A deployment waiting for `slipway approve` before an environment.
+pub(crate) struct Approval {
+    pub info: PendingApproval,
+    pub approve: tokio::sync::oneshot::Sender<()>,
+}
+
+/// What the API shows of a waiting deployment.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    pub deployment: i64,
+    pub version: String,
+    pub release: String,
+    /// Waiting since, ms since the epoch.
+    pub since: i64,
+    /// Cancelled at, ms since the epoch, if the gate has a timeout.
+    pub deadline: Option<i64>,
+}
+
+/// Why the engine refused an operator's request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A request for an app's worker, done between deployments.
+enum Command {
+    Rollback {
+        env: String,
+        to: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<i64, EngineError>>,
+    },
+}
+
+struct Worker {
+    desired: watch::Sender<Option<Desired>>,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The engine: one worker task per app, fed the newest desired state.
 pub struct Engine {
     shared: Arc<Shared>,
-    workers: Mutex<HashMap<String, watch::Sender<Option<Desired>>>>,
+    workers: Mutex<HashMap<String, Worker>>,
+    config: Mutex<Option<Arc<Config>>>,
 }
 
 impl Engine {
     pub fn new(journal: Arc<Journal>, supervisor: Arc<Supervisor>, state_dir: PathBuf) -> Self {
         Self {
             shared: Arc::new(Shared {
-                journal,
                 supervisor,
                 state_dir,
+                health: Mutex::new(HashMap::new()),
+                approvals: Mutex::new(HashMap::new()),
+                notifier: notify::Notifier::new(journal.clone()),
+                journal,
             }),
             workers: Mutex::new(HashMap::new()),
+            config: Mutex::new(None),
         }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.shared.journal
+    }
+
+    /// The config in force (the last one accepted).
+    pub fn config(&self) -> Option<Arc<Config>> {
+        self.config.lock().expect("engine config poisoned").clone()
+    }
+
+    /// The latest health check of an environment, if one ran since start.
+    pub fn health(&self, app: &str, env: &str) -> Option<HealthReport> {
+        let health = self.shared.health.lock().expect("health map poisoned");
+        health.get(&(app.to_string(), env.to_string())).cloned()
+    }
+
+    /// The supervised process of an environment, if the agent runs one.
+    pub fn process(&self, app: &str, env: &str) -> Option<crate::supervisor::ProcessStatus> {
+        self.shared.supervisor.status(app, env)
+    }
+
+    /// The deployment waiting for approval before `env`, if any.
+    pub fn pending_approval(&self, app: &str, env: &str) -> Option<PendingApproval> {
+        let approvals = self.shared.approvals.lock().expect("approvals poisoned");
+        approvals
+            .get(&(app.to_string(), env.to_string()))
+            .map(|a| a.info.clone())
+    }
+
+    /// Let the deployment waiting at `env`'s manual gate go on.
+    pub fn approve(&self, app: &str, env: &str) -> Result<PendingApproval, EngineError> {
+        self.known_env(app, env)?;
+        let mut approvals = self.shared.approvals.lock().expect("approvals poisoned");
+        let Some(approval) = approvals.remove(&(app.to_string(), env.to_string())) else {
+            return Err(EngineError::Conflict(format!(
+                "no deployment of {app} is waiting for approval to enter {env}"
+            )));
+        };
+        let info = approval.info.clone();
+        // The deployment may have been cancelled in the same instant.
+        approval.approve.send(()).map_err(|()| {
+            EngineError::Conflict(format!(
+                "deployment {} stopped waiting before the approval arrived",
+                info.deployment
+            ))
+        })?;
+        tracing::info!(app, env, deployment = info.deployment, "promotion approved");
+        Ok(info)
+    }
+
+    /// Roll `env` back to the version `to` (or its last good release) as a
+    /// deployment of its own. Returns its id once it has started.
+    pub async fn rollback(
+        &self,
+        app: &str,
+        env: &str,
+        to: Option<String>,
+    ) -> Result<i64, EngineError> {
+        self.known_env(app, env)?;
+        if let Ok(running) = self.shared.journal.unfinished_deployments()
+            && let Some(d) = running.iter().find(|d| d.app == app)
+        {
+            return Err(EngineError::Conflict(format!(
+                "deployment {} of {app} {} is in progress; a failed gate rolls back on its own. Retry when it has ended (`slipway show {}`)",
+                d.id, d.version, d.id
+            )));
+        }
+        let commands = {
+            let workers = self.workers.lock().expect("engine workers poisoned");
+            let worker = workers
+                .get(app)
+                .ok_or_else(|| EngineError::NotFound(format!("no app `{app}`")))?;
+            worker.commands.clone()
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        commands
+            .send(Command::Rollback {
+                env: env.to_string(),
+                to,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Internal(format!("the worker of {app} has stopped")))?;
+        answer
+            .await
+            .map_err(|_| EngineError::Internal(format!("the worker of {app} has stopped")))?
+    }
+
+    /// Stop every worker where it is and record it: a step in progress is
+    /// closed as `interrupted`, its deployment as `interrupted` with the
+    /// step named. The next start rolls an environment that had not passed
+    /// its gates back to its last good release and redoes the deployment.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = {
+            let mut workers = self.workers.lock().expect("engine workers poisoned");
+            workers.drain().map(|(_, w)| w.task).collect()
+        };
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.shared.notifier.shutdown(NOTIFY_GRACE).await;
+        let journal = &self.shared.journal;
+        for d in journal.unfinished_deployments().unwrap_or_default() {
+            let mut during = String::new();
+            for step in journal.steps(d.id).unwrap_or_default() {
+                if step.ended_at.is_none() {
+                    during = match &step.environment {
+                        Some(env) => format!(" during its {} step in {env}", step.kind),
+                        None => format!(" during its {} step", step.kind),
+                    };
+                    let _ = journal.finish_step(
+                        step.id,
+                        "interrupted",
+                        "the agent was stopped during this step",
+                        &[],
+                    );
+                }
+            }
+            let reason =
+                format!("interrupted: the agent was stopped{during}; redone at the next start");
+            tracing::warn!(app = %d.app, deployment = d.id, "{reason}");
+            let _ = journal.finish_deployment(
+                d.id,
+                crate::store::DeploymentState::Interrupted,
+                Some(&reason),
+            );
+        }
+    }
+
+    fn known_env(&self, app: &str, env: &str) -> Result<(), EngineError> {
+        let config = self
+            .config()
+            .ok_or_else(|| EngineError::Internal("no config loaded yet".into()))?;
+        let app_cfg = config
+            .apps
+            .get(app)
+            .ok_or_else(|| EngineError::NotFound(format!("no app `{app}` in the config")))?;
+        if app_cfg.environment(env).is_none() {
+            let envs: Vec<&str> = app_cfg
+                .environments
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            return Err(EngineError::NotFound(format!(
+                "app `{app}` has no environment `{env}` (it has: {})",
+                envs.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// After a restart: close interrupted deployments, put every environment
@@ -65,6 +302,7 @@ impl Engine {
     /// Hand a newly accepted config to the app workers. A newer desired
     /// state replaces one still waiting; a running deployment finishes first.
     pub fn apply(&self, config: Arc<Config>, plugins: &Plugins) {
+        *self.config.lock().expect("engine config poisoned") = Some(config.clone());
         let mut workers = self.workers.lock().expect("engine workers poisoned");
         for app in config.apps.values() {
             let desired = Desired {
@@ -73,13 +311,26 @@ impl Engine {
                 plugins: plugins.clone(),
             };
             match workers.get(&app.name) {
-                Some(tx) => {
-                    tx.send_replace(Some(desired));
+                Some(w) => {
+                    w.desired.send_replace(Some(desired));
                 }
                 None => {
                     let (tx, rx) = watch::channel(Some(desired));
-                    tokio::spawn(worker(self.shared.clone(), app.name.clone(), rx));
-                    workers.insert(app.name.clone(), tx);
+                    let (commands, command_rx) = tokio::sync::mpsc::channel(8);
+                    let task = tokio::spawn(worker(
+                        self.shared.clone(),
+                        app.name.clone(),
+                        rx,
+                        command_rx,
+                    ));
+                    workers.insert(
+                        app.name.clone(),
+                        Worker {
+                            desired: tx,
+                            commands,
+                            task,
+                        },
+                    );
                 }
             }
         }
@@ -93,16 +344,29 @@ impl Engine {
 
 /// One app's worker: deploy the newest desired state, one at a time; in
 /// between, guard the environments' health.
-async fn worker(shared: Arc<Shared>, app: String, mut rx: watch::Receiver<Option<Desired>>) {
+async fn worker(
+    shared: Arc<Shared>,
+    app: String,
+    mut rx: watch::Receiver<Option<Desired>>,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
+) {
     loop {
         let desired = rx.borrow_and_update().clone();
         let changed = match desired {
             Some(desired) => {
-                pipeline::reconcile(&shared, &desired).await;
+                pipeline::reconcile(&shared, &desired, rx.clone()).await;
                 tokio::select! {
                     changed = rx.changed() => changed,
                     unhealthy = guard::guard(shared.clone(), desired.clone()) => {
                         guard::roll_back(&shared, &desired, unhealthy).await;
+                        Ok(())
+                    }
+                    Some(command) = commands.recv() => {
+                        match command {
+                            Command::Rollback { env, to, reply } => {
+                                guard::operator_rollback(&shared, &desired, &env, to, reply).await;
+                            }
+                        }
                         Ok(())
                     }
                 }

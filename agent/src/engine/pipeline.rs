@@ -1,24 +1,31 @@
 //! One deployment of one app: build → per environment (activate → smoke →
 //! health bake) → done, or a failed gate → rollback of that environment.
 
+use super::notify::State;
+use super::{Approval, PendingApproval};
 use super::{Desired, Shared};
-use crate::config::{EnvConfig, HealthConfig, OnFailure, StepConfig};
+use crate::config::{EnvConfig, HealthConfig, OnFailure, Promote, StepConfig};
 use crate::runtime::{
-    DirGrant, Health, Limits, Plugin, Redactor, ReleaseRef, StepContext, StepError, StepInput,
-    StepKind, StepLabels, StepOutcome, StepRequest, StepValue,
+    DirGrant, Health, Limits, Plugin, ReleaseRef, StepContext, StepError, StepInput, StepKind,
+    StepLabels, StepOutcome, StepRequest, StepValue,
 };
-use crate::store::{DeploymentState, LogRecord, Release};
+use crate::store::{DeploymentState, Journal, LogRecord, Release};
 use crate::supervisor::{RunSpec, log_tail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Default wall time of a build step, and of every other step.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Deploy the desired state unless it is already there or pinned as bad.
-pub(super) async fn reconcile(shared: &Arc<Shared>, desired: &Desired) {
+pub(super) async fn reconcile(
+    shared: &Arc<Shared>,
+    desired: &Desired,
+    updates: watch::Receiver<Option<Desired>>,
+) {
     let app = &desired.app;
     let hash = app.spec_hash();
     let journal = &shared.journal;
@@ -41,7 +48,7 @@ pub(super) async fn reconcile(shared: &Arc<Shared>, desired: &Desired) {
         tracing::debug!(app = %app.name, version = %app.version, "up to date");
         return;
     }
-    let mut run = Deployment::start(shared.clone(), desired.clone(), hash);
+    let mut run = Deployment::start(shared.clone(), desired.clone(), hash, updates);
     match run.as_mut() {
         Ok(d) => d.run().await,
         Err(e) => tracing::error!(app = %app.name, error = %e, "could not start a deployment"),
@@ -49,10 +56,16 @@ pub(super) async fn reconcile(shared: &Arc<Shared>, desired: &Desired) {
 }
 
 fn all_envs_run(shared: &Shared, desired: &Desired, release: Option<&str>) -> bool {
-    desired.app.environments.iter().all(|env| {
-        matches!(shared.journal.env_state(&desired.app.name, &env.name),
+    // A release whose directory is gone (a journal restored onto a new
+    // server) runs nowhere, whatever the journal last recorded.
+    let on_disk = release
+        .and_then(|id| release_ref(shared, id))
+        .is_some_and(|r| r.dir.is_dir());
+    on_disk
+        && desired.app.environments.iter().all(|env| {
+            matches!(shared.journal.env_state(&desired.app.name, &env.name),
             Ok(Some(s)) if s.current_release.as_deref() == release)
-    })
+        })
 }
 
 /// A deployment in progress.
@@ -61,21 +74,46 @@ struct Deployment {
     desired: Desired,
     hash: String,
     id: i64,
+    /// Newer desired states of the app: one cancels a wait at a manual gate.
+    updates: watch::Receiver<Option<Desired>>,
+    /// The environment being promoted, for notifications.
+    env: Option<String>,
+}
+
+/// Why a deployment stopped before the end.
+enum Stop {
+    /// A step or gate failed; `rolled_back`: the environment is back on its
+    /// last good release.
+    Failed { reason: String, rolled_back: bool },
+    /// A manual gate was not passed; nothing past it was touched.
+    Cancelled(String),
 }
 
 impl Deployment {
-    fn start(shared: Arc<Shared>, desired: Desired, hash: String) -> Result<Self, String> {
+    fn start(
+        shared: Arc<Shared>,
+        desired: Desired,
+        hash: String,
+        updates: watch::Receiver<Option<Desired>>,
+    ) -> Result<Self, String> {
         let app = &desired.app;
         let id = shared
             .journal
             .start_deployment(&app.name, &app.version.to_string(), &hash, &app.spec_json())
             .map_err(|e| e.to_string())?;
         tracing::info!(app = %app.name, version = %app.version, deployment = id, "deployment started");
+        let version = app.version.to_string();
+        let message = format!("deploying {} {version}", app.name);
+        shared
+            .notifier
+            .send(&desired, id, None, &version, State::Started, message);
         Ok(Self {
             shared,
             desired,
             hash,
             id,
+            updates,
+            env: None,
         })
     }
 
@@ -86,14 +124,22 @@ impl Deployment {
     async fn run(&mut self) {
         let release = match self.build().await {
             Ok(r) => r,
-            Err(reason) => return self.fail(&reason),
+            Err(reason) => {
+                crate::metrics::metrics().deployment(self.app(), "build", "failed");
+                return self.fail(&reason);
+            }
         };
         match self.promote_all(&release).await {
             Ok(()) => {
                 self.finish(DeploymentState::Succeeded, None);
                 tracing::info!(app = %self.app(), version = %release.version, deployment = self.id, "deployment succeeded");
+                self.env = None;
+                self.notify(State::Succeeded, format!("{} runs everywhere", release.id));
             }
-            Err((reason, rolled_back)) => self.fail_as(
+            Err(Stop::Failed {
+                reason,
+                rolled_back,
+            }) => self.fail_as(
                 if rolled_back {
                     DeploymentState::RolledBack
                 } else {
@@ -101,19 +147,131 @@ impl Deployment {
                 },
                 &reason,
             ),
+            Err(Stop::Cancelled(reason)) => {
+                // Not pinned: nothing failed; the next config change or
+                // agent start asks again.
+                tracing::warn!(app = %self.app(), deployment = self.id, reason = %reason, "deployment cancelled");
+                self.finish(DeploymentState::Cancelled, Some(&reason));
+                self.notify(State::Cancelled, reason);
+            }
         }
         // Failed releases count too: a bad afternoon must not fill the disk.
         self.prune_releases();
     }
 
     /// Every environment in promotion order; stops at the first failed gate,
-    /// after putting that environment back on its last good release.
-    /// Err carries the reason and whether the environment was rolled back.
-    async fn promote_all(&mut self, release: &ReleaseRef) -> Result<(), (String, bool)> {
+    /// after putting that environment back on its last good release, or at
+    /// a manual gate that is not passed.
+    async fn promote_all(&mut self, release: &ReleaseRef) -> Result<(), Stop> {
+        let metrics = crate::metrics::metrics();
         for env in self.desired.app.environments.clone() {
+            self.env = Some(env.name.clone());
+            if env.promote == Promote::Manual {
+                self.await_approval(&env, release).await.inspect_err(|_| {
+                    metrics.deployment(self.app(), &env.name, "cancelled");
+                })?;
+            }
+            if let Err(reason) = self.pre_deploy(&env, release).await {
+                metrics.deployment(self.app(), &env.name, "failed");
+                return Err(Stop::Failed {
+                    reason: format!("{}: {reason}", env.name),
+                    rolled_back: false,
+                });
+            }
+            metrics.deployment(self.app(), &env.name, "started");
             if let Err(reason) = self.promote(&env, release).await {
                 let rolled_back = self.gate_failed(&env, release).await;
-                return Err((format!("{}: {reason}", env.name), rolled_back));
+                let state = if rolled_back { "rolled_back" } else { "failed" };
+                metrics.deployment(self.app(), &env.name, state);
+                return Err(Stop::Failed {
+                    reason: format!("{}: {reason}", env.name),
+                    rolled_back,
+                });
+            }
+            metrics.deployment(self.app(), &env.name, "succeeded");
+            self.notify(
+                State::Promoted,
+                format!("{} passed its gates in {}", release.id, env.name),
+            );
+        }
+        Ok(())
+    }
+
+    /// Wait at `env`'s manual gate for `slipway approve`; cancelled by the
+    /// gate's timeout or by a newer config for the app.
+    async fn await_approval(&mut self, env: &EnvConfig, release: &ReleaseRef) -> Result<(), Stop> {
+        let (approve, approved) = tokio::sync::oneshot::channel();
+        let since = crate::store::now_ms();
+        let key = (self.app().to_string(), env.name.clone());
+        let info = PendingApproval {
+            deployment: self.id,
+            version: release.version.clone(),
+            release: release.id.clone(),
+            since,
+            deadline: env.approval_timeout.map(|t| since + t.as_millis() as i64),
+        };
+        self.shared
+            .approvals
+            .lock()
+            .expect("approvals poisoned")
+            .insert(key.clone(), Approval { info, approve });
+        tracing::warn!(app = %self.app(), env = %env.name, deployment = self.id, version = %release.version,
+            "waiting for approval: run `slipway approve {} --env {}`", self.app(), env.name);
+        self.notify(
+            State::WaitingApproval,
+            format!("run `slipway approve {} --env {}`", self.app(), env.name),
+        );
+        let timeout = async {
+            match env.approval_timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            Ok(()) = approved => Ok(()),
+            () = timeout => Err(Stop::Cancelled(format!(
+                "{}: not approved within {} s; {} was not touched",
+                env.name,
+                env.approval_timeout.unwrap_or_default().as_secs(),
+                env.name
+            ))),
+            _ = self.updates.changed() => Err(Stop::Cancelled(format!(
+                "{}: superseded by a newer config while waiting for approval; {} was not touched",
+                env.name, env.name
+            ))),
+        };
+        // Approve removed it already; a timeout or a new config did not.
+        let mut approvals = self.shared.approvals.lock().expect("approvals poisoned");
+        if approvals
+            .get(&key)
+            .is_some_and(|a| a.info.deployment == self.id)
+        {
+            approvals.remove(&key);
+        }
+        result
+    }
+
+    /// `pre_deploy` steps, in order, before `env` is touched.
+    async fn pre_deploy(&self, env: &EnvConfig, release: &ReleaseRef) -> Result<(), String> {
+        let previous = self.env_release(&env.name, |s| s.current_release.clone());
+        for (i, step) in env.pre_deploy.iter().enumerate() {
+            let outcome = run_step_as(
+                &self.shared,
+                &self.desired,
+                Some(self.id),
+                Some(env),
+                (StepKind::Deploy, "pre-deploy"),
+                step,
+                release,
+                previous.as_ref(),
+                1,
+            )
+            .await;
+            if let Err(e) = outcome.result {
+                return Err(format!(
+                    "pre_deploy[{i}] ({}) failed, release not activated: {e}",
+                    step.plugin
+                ));
             }
         }
         Ok(())
@@ -128,6 +286,8 @@ impl Deployment {
     fn fail_as(&self, state: DeploymentState, reason: &str) {
         tracing::warn!(app = %self.app(), deployment = self.id, state = %state, reason = %reason, "deployment failed");
         self.finish(state, Some(reason));
+        let rolled_back = state == DeploymentState::RolledBack;
+        self.notify(State::after_rollback(rolled_back), reason);
         if let Err(e) = self
             .shared
             .journal
@@ -135,6 +295,15 @@ impl Deployment {
         {
             tracing::error!(error = %e, "could not pin the failed version");
         }
+    }
+
+    /// Tell the app's `notify` steps, in the background.
+    fn notify(&self, state: State, message: impl Into<String>) {
+        let version = self.desired.app.version.to_string();
+        let env = self.env.as_deref();
+        let desired = &self.desired;
+        let notifier = &self.shared.notifier;
+        notifier.send(desired, self.id, env, &version, state, message);
     }
 
     fn finish(&self, state: DeploymentState, reason: Option<&str>) {
@@ -147,7 +316,8 @@ impl Deployment {
         }
     }
 
-    /// Copy the source into a new release dir and run the build step there.
+    /// Put the source into a new release dir (copied, or downloaded and
+    /// unpacked) and run the build step there.
     async fn build(&mut self) -> Result<ReleaseRef, String> {
         let app = &self.desired.app;
         let id = format!("{}-{}", app.version, self.id);
@@ -157,18 +327,10 @@ impl Deployment {
             .join("releases")
             .join(&app.name)
             .join(&id);
-        let crate::config::AppSource::Path(source) = &app.source;
-        let (src, dst) = (source.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || copy_dir(&src, &dst))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| {
-                format!(
-                    "copying the source {} to {}: {e}",
-                    source.display(),
-                    dir.display()
-                )
-            })?;
+        if let Err(e) = place_source(&self.shared.state_dir, &app.source, &dir).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -470,6 +632,30 @@ pub(super) async fn rollback(
         return false;
     }
     tracing::warn!(app = %app, env = %env.name, from = %failed.id, to = %target.id, "rolling back");
+    if !env.on_rollback.is_empty() {
+        // The failed release stops first: a restore must not race it.
+        if env.run.is_some() {
+            let _ = shared.supervisor.stop(app, &env.name).await;
+        }
+        for (i, step) in env.on_rollback.iter().enumerate() {
+            let outcome = run_step_as(
+                shared,
+                desired,
+                deployment,
+                Some(env),
+                (StepKind::Rollback, "on-rollback"),
+                step,
+                target,
+                Some(failed),
+                1,
+            )
+            .await;
+            if let Err(e) = outcome.result {
+                tracing::error!(app = %app, env = %env.name, error = %e,
+                    "on_rollback[{i}] ({}) failed; going on with the rollback", step.plugin);
+            }
+        }
+    }
     // The rollback step returns from `failed` to `target`; without one, the
     // deploy step re-activates `target`.
     let reactivate = match (&env.rollback, &env.deploy) {
@@ -560,6 +746,27 @@ pub(super) async fn run_step(
     previous: Option<&ReleaseRef>,
     attempt: u32,
 ) -> StepOutcome {
+    let label = (kind, kind.as_str());
+    run_step_as(
+        shared, desired, deployment, env, label, step, release, previous, attempt,
+    )
+    .await
+}
+
+/// [`run_step`], journaled and measured under `label.1` (`pre-deploy`,
+/// `on-rollback`) while the plugin is called as kind `label.0`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_step_as(
+    shared: &Shared,
+    desired: &Desired,
+    deployment: Option<i64>,
+    env: Option<&EnvConfig>,
+    (kind, label): (StepKind, &str),
+    step: &StepConfig,
+    release: &ReleaseRef,
+    previous: Option<&ReleaseRef>,
+    attempt: u32,
+) -> StepOutcome {
     let app = &desired.app.name;
     let env_name = env.map(|e| e.name.clone());
     let (plugin, plugin_cfg) = match (
@@ -581,7 +788,7 @@ pub(super) async fn run_step(
     let step_id = deployment.and_then(|d| {
         shared
             .journal
-            .start_step(d, env_name.as_deref(), kind.as_str(), &step.plugin, attempt)
+            .start_step(d, env_name.as_deref(), label, &step.plugin, attempt)
             .map_err(|e| tracing::error!(error = %e, "could not journal a step"))
             .ok()
     });
@@ -615,11 +822,12 @@ pub(super) async fn run_step(
         }),
         grants,
         limits,
-        secrets: Default::default(),
-        redactor: Redactor::default(),
+        // Exactly the plugin's granted secrets; redaction of all of them.
+        secrets: desired.config.step_secrets(&plugin_cfg.grants.secrets),
+        redactor: desired.config.redactor(),
         labels: StepLabels {
             plugin: step.plugin.clone(),
-            kind: kind.to_string(),
+            kind: label.to_string(),
             app: app.clone(),
             environment: env_name.clone().unwrap_or_default(),
             deployment: deployment.map(|d| d.to_string()).unwrap_or_default(),
@@ -627,32 +835,45 @@ pub(super) async fn run_step(
     };
     let outcome = plugin.run(&request).await;
     log_outcome(&plugin, &request, &outcome);
+    let (result_word, _) = describe(&outcome);
+    let metrics = crate::metrics::metrics();
+    metrics.step(label, &step.plugin, result_word, outcome.duration);
+    if kind == StepKind::HealthCheck {
+        let env = env_name.as_deref().unwrap_or_default();
+        metrics.health(app, env, result_word);
+        shared.record_health(app, env, result_word, &describe(&outcome).1);
+    }
     if let Some(step_id) = step_id {
-        let (result, message) = describe(&outcome);
-        let logs: Vec<LogRecord> = outcome
-            .logs
-            .iter()
-            .map(|l| LogRecord {
-                at: l
-                    .at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
-                level: format!("{:?}", l.level).to_lowercase(),
-                source: format!("{:?}", l.source).to_lowercase(),
-                message: l.message.clone(),
-                fields: l.fields.clone(),
-            })
-            .collect();
-        if let Err(e) = shared.journal.finish_step(step_id, result, &message, &logs) {
-            tracing::error!(error = %e, "could not journal a step result");
-        }
+        finish_step(&shared.journal, step_id, &outcome);
     }
     outcome
 }
 
+/// Journal how a step ended: its result word, message and logs.
+pub(super) fn finish_step(journal: &Journal, step_id: i64, outcome: &StepOutcome) {
+    let (result, message) = describe(outcome);
+    let logs: Vec<LogRecord> = outcome
+        .logs
+        .iter()
+        .map(|l| LogRecord {
+            at: l
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            level: format!("{:?}", l.level).to_lowercase(),
+            source: format!("{:?}", l.source).to_lowercase(),
+            message: l.message.clone(),
+            fields: l.fields.clone(),
+        })
+        .collect();
+    if let Err(e) = journal.finish_step(step_id, result, &message, &logs) {
+        tracing::error!(error = %e, "could not journal a step result");
+    }
+}
+
 /// (outcome word, message) for the journal.
-fn describe(outcome: &StepOutcome) -> (&'static str, String) {
+pub(super) fn describe(outcome: &StepOutcome) -> (&'static str, String) {
     match &outcome.result {
         Ok(StepValue::Health {
             status: Health::Healthy,
@@ -677,7 +898,7 @@ fn describe(outcome: &StepOutcome) -> (&'static str, String) {
     }
 }
 
-fn log_outcome(plugin: &Plugin, request: &StepRequest, outcome: &StepOutcome) {
+pub(super) fn log_outcome(plugin: &Plugin, request: &StepRequest, outcome: &StepOutcome) {
     let (result, message) = describe(outcome);
     let l = &request.labels;
     tracing::info!(
@@ -728,6 +949,45 @@ pub(super) fn run_spec(
 }
 
 /// Copy an app's source tree, leaving out build output and VCS data.
+/// The app's source into the new release directory `dir`: a `path` is
+/// copied; a `url` is downloaded (or found in `state_dir/downloads`),
+/// verified and unpacked. Nothing is activated yet, so a failure here only
+/// fails the deployment.
+async fn place_source(
+    state_dir: &Path,
+    source: &crate::config::AppSource,
+    dir: &Path,
+) -> Result<(), String> {
+    use crate::config::AppSource;
+    match source {
+        AppSource::Path(source) => {
+            let (src, dst) = (source.clone(), dir.to_path_buf());
+            tokio::task::spawn_blocking(move || copy_dir(&src, &dst))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| {
+                    format!(
+                        "copying the source {} to {}: {e}",
+                        source.display(),
+                        dir.display()
+                    )
+                })
+        }
+        AppSource::Url { url, sha256 } => {
+            let options = crate::artifact::FetchOptions::default();
+            let downloads = state_dir.join("downloads");
+            let fetched = crate::artifact::fetch(&downloads, url, sha256, &options)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (url, dst) = (url.clone(), dir.to_path_buf());
+            tokio::task::spawn_blocking(move || crate::artifact::unpack(&fetched.path, &url, &dst))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {

@@ -26,6 +26,17 @@ pub enum CacheOutcome {
     CompiledUncached,
 }
 
+impl CacheOutcome {
+    /// The metric label: `hit`, `compiled`, `compiled_uncached`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Compiled => "compiled",
+            Self::CompiledUncached => "compiled_uncached",
+        }
+    }
+}
+
 /// The compile cache of one engine.
 #[derive(Debug, Clone)]
 pub struct CompileCache {

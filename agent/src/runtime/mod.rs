@@ -393,6 +393,12 @@ impl Runtime {
                     error: format!("{e:#}"),
                 })?;
 
+        crate::metrics::metrics()
+            .plugin_loads
+            .get_or_create(&crate::metrics::CacheLabels {
+                outcome: cache_outcome.label().into(),
+            })
+            .inc();
         let api = version::component_api(&self.engine, &component).map_err(|error| {
             LoadError::NotAPlugin {
                 plugin: src.clone(),
@@ -716,6 +722,12 @@ impl Plugin {
                 };
             }
         };
+        crate::metrics::metrics()
+            .plugin_instantiations
+            .get_or_create(&crate::metrics::PluginLabels {
+                plugin: request.labels.plugin.clone(),
+            })
+            .inc();
         let result = self.call(&mut sandbox, request).await;
         let max = request.limits.max_output_bytes;
         let redact = |s: String| limits::truncate(request.redactor.redact(&s), max);

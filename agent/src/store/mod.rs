@@ -24,7 +24,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Schema migrations in order; migration `i` (0-based) takes the schema to
 /// version `i + 1`, kept in `PRAGMA user_version`. Only ever append.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_cancelled.sql"),
+];
 
 /// How long a call waits for another connection's write lock (the CLI or a
 /// test may read the journal while the agent writes it) before failing.
@@ -117,6 +120,10 @@ pub enum StoreError {
         dest: PathBuf,
         reason: String,
     },
+    /// A file opened as a journal to read (a backup, one about to be
+    /// restored) is not one this slipway can use; `reason` says why.
+    #[error("{path} is not a usable Slipway journal: {reason}")]
+    NotAJournal { path: PathBuf, reason: String },
 }
 
 /// Where a deployment is; `running` until it ends one of the other ways.
@@ -134,6 +141,9 @@ pub enum DeploymentState {
     RolledBack,
     /// The agent stopped while it ran; found and closed at start-up.
     Interrupted,
+    /// Stopped at a manual gate: not approved in time, or superseded by a
+    /// newer config. The environments past the gate were not touched.
+    Cancelled,
 }
 
 impl DeploymentState {
@@ -145,6 +155,7 @@ impl DeploymentState {
             Self::Failed => "failed",
             Self::RolledBack => "rolled-back",
             Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -156,6 +167,7 @@ impl DeploymentState {
             "failed" => Some(Self::Failed),
             "rolled-back" => Some(Self::RolledBack),
             "interrupted" => Some(Self::Interrupted),
+            "cancelled" => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -312,6 +324,30 @@ pub struct Pin {
     pub at: i64,
 }
 
+/// What a journal file holds, in numbers: what `slipway backup` and
+/// `slipway restore` tell the operator they copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct JournalSummary {
+    /// `PRAGMA user_version`: the schema the file is at.
+    pub schema_version: i64,
+    /// Deployments recorded, however they ended.
+    pub deployments: i64,
+    /// Releases recorded, also those whose directory was removed.
+    pub releases: i64,
+}
+
+/// The tables every schema version has; a file without them is not a
+/// journal, whatever its `user_version` says.
+const JOURNAL_TABLES: &[&str] = &[
+    "releases",
+    "deployments",
+    "steps",
+    "step_logs",
+    "environments",
+    "env_history",
+    "pins",
+];
+
 /// An error inside a journal method, before the method's name and the db
 /// path are attached (once, by `Journal::read` / `Journal::write`), so the
 /// method bodies can use `?` on rusqlite calls.
@@ -382,9 +418,14 @@ impl Journal {
         // has recorded survives kill -9 and power loss, not just a crash.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| open_error(path, e))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
+        // Migrations run with foreign keys off (a table rebuild needs it;
+        // `migrate` checks them before committing), then they are enforced.
+        // (The bundled SQLite turns them on by default.)
+        conn.pragma_update(None, "foreign_keys", "OFF")
             .map_err(|e| open_error(path, e))?;
         migrate(&mut conn, path, found)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(|e| open_error(path, e))?;
         Ok(Journal {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -612,6 +653,22 @@ impl Journal {
         })
     }
 
+    /// The releases of every app not marked removed, oldest first: what
+    /// start-up checks against the disk (after a restore most are gone).
+    pub fn live_releases(&self) -> Result<Vec<Release>, StoreError> {
+        self.read("live_releases", |conn| {
+            collect(
+                conn,
+                &format!(
+                    "SELECT {RELEASE_COLUMNS} FROM releases
+                     WHERE removed_at IS NULL ORDER BY created_at, rowid"
+                ),
+                [],
+                release_row,
+            )
+        })
+    }
+
     // ---- steps ----
 
     /// Record that a step of a deployment starts; returns its id.
@@ -802,6 +859,20 @@ impl Journal {
         })
     }
 
+    /// Forget an environment's last good release (its directory is gone):
+    /// a failed gate then stops the environment instead of rolling back to
+    /// nothing. Not a history event; a no-op for an unknown environment.
+    pub fn clear_last_good_release(&self, app: &str, env: &str) -> Result<(), StoreError> {
+        self.write("clear_last_good_release", |tx| {
+            tx.execute(
+                "UPDATE environments SET last_good_release = NULL, updated_at = ?3
+                 WHERE app = ?1 AND environment = ?2",
+                params![app, env, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
     /// The newest `limit` changes of one environment, newest first.
     pub fn history(&self, app: &str, env: &str, limit: usize) -> Result<Vec<EnvEvent>, StoreError> {
         self.read("history", |conn| {
@@ -920,6 +991,94 @@ impl Journal {
         Ok(())
     }
 
+    /// Open an existing journal only to read it or copy it (`backup_to`):
+    /// the live one next to a running agent, a backup, or a file about to be
+    /// restored. Nothing is created, migrated or switched to WAL, so it is
+    /// safe beside the agent and on a file that may be anything. Refuses a
+    /// file that is not a journal or is from a newer slipway.
+    pub fn open_read_only(path: &Path) -> Result<Journal, StoreError> {
+        let not_a_journal = |reason: String| StoreError::NotAJournal {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(not_a_journal(if path.exists() {
+                "it is not a regular file".into()
+            } else {
+                "no such file".into()
+            }));
+        }
+        // Without SQLITE_OPEN_URI: the path is a file name, never a URI.
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Named as what it is here: a file someone means to read or restore.
+        let opening = |e| match open_error(path, e) {
+            StoreError::NotADatabase { source, .. } => not_a_journal(format!(
+                "it is not a SQLite database, or it is damaged ({source})"
+            )),
+            other => other,
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(opening)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+        let found = user_version(&conn).map_err(opening)?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < 1 {
+            return Err(not_a_journal(
+                "it is a SQLite database without a Slipway schema (user_version 0)".into(),
+            ));
+        }
+        for table in JOURNAL_TABLES {
+            let present: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .map_err(opening)?;
+            if !present {
+                return Err(not_a_journal(format!("its table `{table}` is missing")));
+            }
+        }
+        Ok(Journal {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// SQLite's `quick_check` of the whole file: a restore must not put a
+    /// damaged journal in place of the agent's.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        let problems: Vec<String> = self.read("check_integrity", |conn| {
+            collect(conn, "PRAGMA quick_check(5)", [], |r| r.get(0))
+        })?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::NotAJournal {
+            path: self.path.clone(),
+            reason: format!("it fails SQLite's integrity check: {}", problems.join("; ")),
+        })
+    }
+
+    /// How many deployments and releases the journal holds, and its schema.
+    pub fn summary(&self) -> Result<JournalSummary, StoreError> {
+        self.read("summary", |conn| {
+            Ok(JournalSummary {
+                schema_version: user_version(conn)?,
+                deployments: conn
+                    .query_row("SELECT count(*) FROM deployments", [], |r| r.get(0))?,
+                releases: conn.query_row("SELECT count(*) FROM releases", [], |r| r.get(0))?,
+            })
+        })
+    }
+
     // ---- plumbing ----
 
     /// The connection. A panic in another call cannot leave it mid-write
@@ -1035,6 +1194,16 @@ fn migrate(conn: &mut Connection, path: &Path, from: i64) -> Result<(), StoreErr
                 return Ok(false);
             }
             tx.execute_batch(sql)?;
+            let dangling: i64 =
+                tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if dangling > 0 {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("{dangling} rows would break a foreign key")),
+                ));
+            }
             tx.pragma_update(None, "user_version", version)?;
             tx.commit()?;
             Ok(true)
@@ -1168,6 +1337,44 @@ mod tests {
         let j = Journal::open(&path).unwrap();
         assert_eq!(user_version(&j.conn()).unwrap(), MIGRATIONS.len() as i64);
         assert!(j.deployment(id).unwrap().is_some());
+    }
+
+    #[test]
+    fn schema_1_journal_migrates_keeping_every_row_and_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        {
+            // A journal as the first release wrote it.
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO deployments (app, version, spec_hash, spec_json, state, started_at)
+                 VALUES ('web', '1.0.0', 'h', '{}', 'running', 1)",
+                [],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO steps (deployment_id, kind, plugin, attempt, started_at)
+                 VALUES (1, 'build', 'command', 1, 2)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(user_version(&j.conn()).unwrap(), MIGRATIONS.len() as i64);
+        let steps = j.steps(1).unwrap();
+        assert_eq!((steps.len(), steps[0].deployment_id), (1, 1));
+        j.finish_deployment(1, DeploymentState::Cancelled, Some("not approved"))
+            .unwrap();
+        assert_eq!(
+            j.deployment(1).unwrap().unwrap().state,
+            DeploymentState::Cancelled
+        );
+        // Foreign keys are enforced again after the rebuild.
+        assert!(j.start_step(99, None, "build", "command", 1).is_err());
     }
 
     #[test]
@@ -1422,6 +1629,157 @@ mod tests {
         );
         let copy = Journal::open(&dest).unwrap();
         assert_eq!(copy.deployment(id).unwrap().unwrap().app, "web");
+    }
+
+    /// A backup taken from a second, read-only connection while the agent's
+    /// connection keeps committing (WAL mode) is one consistent snapshot:
+    /// `set_current_release` writes the environment row and its history
+    /// event in one transaction, and every copy agrees with itself.
+    #[test]
+    fn backup_from_a_reader_while_another_connection_writes_is_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/journal.db");
+        let writer = Journal::open(&path).unwrap();
+        for id in ["r1", "r2"] {
+            writer.record_release(&release(id, "web", 1)).unwrap();
+        }
+        writer
+            .set_current_release("web", "prod", Some("r1"), None, "activated")
+            .unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = if n % 2 == 0 { "r2" } else { "r1" };
+                    writer
+                        .set_current_release("web", "prod", Some(r), None, "activated")
+                        .unwrap();
+                    let d = writer.start_deployment("web", "1", "h", "{}").unwrap();
+                    writer
+                        .finish_deployment(d, DeploymentState::Succeeded, None)
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let reader = Journal::open_read_only(&path).unwrap();
+        let mut counts = Vec::new();
+        for i in 0..15 {
+            let dest = dir.path().join(format!("backup-{i}.db"));
+            reader.backup_to(&dest).unwrap();
+            let copy = Journal::open_read_only(&dest).unwrap();
+            copy.check_integrity().unwrap();
+            let env = copy.env_state("web", "prod").unwrap().unwrap();
+            let last = copy.history("web", "prod", 1).unwrap().remove(0);
+            assert_eq!(
+                env.current_release, last.release_id,
+                "backup {i}: the environment row and its newest event disagree"
+            );
+            assert!(copy.unfinished_deployments().unwrap().len() <= 1);
+            counts.push(copy.summary().unwrap().deployments);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let written = writing.join().unwrap();
+        assert!(
+            written > 0 && counts[0] < counts[counts.len() - 1],
+            "the writer committed while the backups ran: {counts:?}"
+        );
+        assert!(
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "each backup is at least as new as the one before: {counts:?}"
+        );
+    }
+
+    #[test]
+    fn read_only_open_refuses_what_is_not_a_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.db");
+        let err = Journal::open_read_only(&missing).err().unwrap();
+        assert!(err.to_string().contains("no such file"), "{err}");
+        assert!(!missing.exists(), "nothing is created");
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
+        let err = Journal::open_read_only(&garbage).err().unwrap();
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Journal::open_read_only(&other).err().unwrap();
+        assert!(
+            err.to_string().contains("without a Slipway schema"),
+            "{err}"
+        );
+
+        let partial = dir.path().join("partial.db");
+        Connection::open(&partial)
+            .unwrap()
+            .execute_batch("CREATE TABLE releases (id); PRAGMA user_version = 1;")
+            .unwrap();
+        let err = Journal::open_read_only(&partial).err().unwrap();
+        assert!(
+            err.to_string().contains("table `deployments` is missing"),
+            "{err}"
+        );
+
+        let future = dir.path().join("future.db");
+        Connection::open(&future)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); PRAGMA user_version = 99;")
+            .unwrap();
+        let err = Journal::open_read_only(&future).err().unwrap();
+        assert!(
+            matches!(err, StoreError::TooNew { found: 99, .. }),
+            "{err:?}"
+        );
+
+        let j = open(&dir);
+        j.record_release(&release("r1", "web", 1)).unwrap();
+        j.start_deployment("web", "1", "h", "{}").unwrap();
+        let ro = Journal::open_read_only(j.path()).unwrap();
+        ro.check_integrity().unwrap();
+        assert_eq!(
+            ro.summary().unwrap(),
+            JournalSummary {
+                schema_version: MIGRATIONS.len() as i64,
+                deployments: 1,
+                releases: 1,
+            }
+        );
+        assert!(
+            ro.start_deployment("web", "2", "h", "{}").is_err(),
+            "a read-only journal refuses writes"
+        );
+    }
+
+    #[test]
+    fn live_releases_and_clearing_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(&dir);
+        for (id, app, at) in [("a1", "a", 1), ("b1", "b", 2), ("a2", "a", 3)] {
+            j.record_release(&release(id, app, at)).unwrap();
+        }
+        j.mark_release_removed("b1").unwrap();
+        let live: Vec<String> = j
+            .live_releases()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(live, ["a1", "a2"]);
+        j.set_last_good_release("a", "prod", "a1").unwrap();
+        j.clear_last_good_release("a", "prod").unwrap();
+        j.clear_last_good_release("a", "nowhere").unwrap();
+        let s = j.env_state("a", "prod").unwrap().unwrap();
+        assert_eq!(s.last_good_release, None);
+        assert!(j.env_state("a", "nowhere").unwrap().is_none());
     }
 
     #[test]
