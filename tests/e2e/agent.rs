@@ -19,13 +19,7 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
 
     // First deploy: staging, then production, both 1.0.0.
     let first = wait_deployment_end(&q, &agent, "1.0.0");
-    assert_eq!(
-        first.state,
-        DeploymentState::Succeeded,
-        "{:?}\n{}",
-        first.reason,
-        agent.log()
-    );
+    assert_succeeded(&first, &agent);
     assert!(serves(q.production, "1.0.0") && serves(q.staging, "1.0.0"));
     let release = first.release_id.clone().unwrap();
     let state = q

@@ -78,17 +78,9 @@ fn json(text: &str) -> Value {
 
 /// Run the CLI against the quickstart's config: (exit code, stdout, stderr).
 fn cli(q: &Quickstart, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(args)
-        .arg("-c")
-        .arg(q.config())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = q.config().display().to_string();
+    let args: Vec<&str> = args.iter().copied().chain(["-c", &config]).collect();
+    support::slipway(&args)
 }
 
 /// An error answer: the status, and a JSON body with a non-empty `error`.

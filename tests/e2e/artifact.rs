@@ -96,13 +96,7 @@ fn a_url_source_is_downloaded_verified_built_and_a_wrong_checksum_deploys_nothin
 
     // Downloaded, unpacked, built, through staging into production.
     let first = wait_deployment_end(&q, &agent, "1.0.0");
-    assert_eq!(
-        first.state,
-        DeploymentState::Succeeded,
-        "{:?}\n{}",
-        first.reason,
-        agent.log()
-    );
+    assert_succeeded(&first, &agent);
     assert!(serves(q.staging, "1.0.0") && serves(q.production, "1.0.0"));
     assert_eq!(server.hits(), 1);
     let downloads = q.dir.path().join("state/downloads");
@@ -154,13 +148,7 @@ fn a_url_source_is_downloaded_verified_built_and_a_wrong_checksum_deploys_nothin
     // with no request.
     q.save(&url_config(&q, "1.1.0", &url, &sha));
     let next = wait_deployment_end(&q, &agent, "1.1.0");
-    assert_eq!(
-        next.state,
-        DeploymentState::Succeeded,
-        "{:?}\n{}",
-        next.reason,
-        agent.log()
-    );
+    assert_succeeded(&next, &agent);
     assert!(serves(q.staging, "1.1.0") && serves(q.production, "1.1.0"));
     assert_eq!(server.hits(), 2, "the download was reused");
 }

@@ -12,18 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::quickstart::*;
-
-fn slipway(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(args)
-        .output()
-        .expect("running slipway");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::slipway;
 
 #[test]
 fn backup_while_running_then_restore_onto_an_empty_state_dir_redeploys_with_history() {
@@ -139,13 +128,7 @@ fn backup_while_running_then_restore_onto_an_empty_state_dir_redeploys_with_hist
     );
     let redeployed = redeployed.unwrap();
     assert_eq!(redeployed.version, "1.1.0");
-    assert_eq!(
-        redeployed.state,
-        DeploymentState::Succeeded,
-        "{:?}\n{}",
-        redeployed.reason,
-        agent.log()
-    );
+    assert_succeeded(&redeployed, &agent);
     assert!(serves(q.production, "1.1.0") && serves(q.staging, "1.1.0"));
     assert!(
         agent.log().contains("release directory is missing"),

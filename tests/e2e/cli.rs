@@ -3,19 +3,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::process::Command;
+use support::slipway;
 
-fn slipway(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(args)
-        .output()
-        .expect("running slipway");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::process::Command;
 
 #[test]
 fn plugins_list_shows_the_builtins() {

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::quickstart::{Agent, wait_for};
+use support::quickstart::{Agent, assert_succeeded, wait_for};
 
 const DB_PASSWORD: &str = "pg-Secret-7f3a9c";
 const API_TOKEN: &str = "tok-Secret-5b1e2d";
@@ -173,13 +173,7 @@ fn granted_secrets_reach_the_commands_and_never_the_journal_or_the_log() {
         },
     );
     let deployment = ended.unwrap();
-    assert_eq!(
-        deployment.state,
-        DeploymentState::Succeeded,
-        "{:?}\n{}",
-        deployment.reason,
-        agent.log()
-    );
+    assert_succeeded(&deployment, &agent);
 
     // Each step saw its secret: the commands printed them, and the journal
     // has the redacted marker where the value was. The deploy step read the

@@ -221,3 +221,14 @@ pub fn wait_deployment_end(
     );
     found.unwrap()
 }
+
+/// The deployment succeeded; if not, fail with its reason and the agent's log.
+pub fn assert_succeeded(d: &slipway::store::Deployment, agent: &Agent) {
+    assert_eq!(
+        d.state,
+        DeploymentState::Succeeded,
+        "{:?}\n{}",
+        d.reason,
+        agent.log()
+    );
+}
