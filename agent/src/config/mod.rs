@@ -524,6 +524,58 @@ run = { command = "./web", env = { PORT = "8081" } }
     }
 
     #[test]
+    fn the_api_stays_on_loopback_unless_remote_is_allowed() {
+        let with = |agent: &str| format!("[agent]\n{agent}\n{GOOD}");
+        let errors = parse(&with("listen = \"0.0.0.0:7171\"")).unwrap_err();
+        assert!(
+            errors[0].starts_with("2:10: `listen` = \"0.0.0.0:7171\" is not a loopback address"),
+            "{errors:#?}"
+        );
+        assert!(errors[0].contains("allow_remote_api = true"), "{errors:#?}");
+        let allowed = parse(&with("listen = \"0.0.0.0:7171\"\nallow_remote_api = true")).unwrap();
+        assert!(allowed.agent.allow_remote_api);
+        let local = parse(&with("listen = \"[::1]:0\"")).unwrap();
+        assert_eq!(local.agent.listen, "[::1]:0");
+        let errors = parse(&with("allow_remote_api = \"yes\"")).unwrap_err();
+        assert!(errors[0].contains("true or false"), "{errors:#?}");
+    }
+
+    #[test]
+    fn manual_gates_and_pre_deploy_steps_parse_with_locations() {
+        let env = "[apps.web.environments.production]\n";
+        let with = |extra: &str| GOOD.replace(env, &format!("{env}{extra}\n"));
+        let config = parse(&with(
+            "promote = \"manual\"\napproval_timeout = \"1h\"\npre_deploy = [{ plugin = \"check\" }, { plugin = \"other\" }]",
+        ))
+        .unwrap();
+        let prod = config.apps["web"]
+            .environment("production")
+            .unwrap()
+            .clone();
+        assert_eq!(prod.promote, Promote::Manual);
+        assert_eq!(prod.approval_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(prod.pre_deploy.len(), 2);
+        let auto = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let gated = parse(&with("promote = \"manual\"")).unwrap().apps["web"].spec_hash();
+        assert_eq!(
+            auto, gated,
+            "a gate is policy, not part of what is deployed"
+        );
+        let errors = parse(&with("promote = \"later\"")).unwrap_err();
+        assert!(
+            errors[0].contains("`promote` must be \"auto\" or \"manual\""),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("approval_timeout = \"1h\"")).unwrap_err();
+        assert!(
+            errors[0].contains("needs `promote = \"manual\"`"),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("pre_deploy = [{ params = {} }]")).unwrap_err();
+        assert!(errors[0].contains("`pre_deploy`[0]"), "{errors:#?}");
+    }
+
+    #[test]
     fn notify_steps_are_parsed_but_not_part_of_the_spec() {
         let hook = |url: &str| {
             GOOD.replace(
