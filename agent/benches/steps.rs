@@ -75,6 +75,22 @@ async fn time_steps(plugin: &Plugin, request: &StepRequest, n: usize, out: &mut 
     }
 }
 
+/// Like [`time_steps`], through one warm instance (as the engine runs
+/// health checks).
+async fn time_warm_steps(plugin: &Plugin, request: &StepRequest, n: usize, out: &mut Samples) {
+    let mut slot = None;
+    for _ in 0..n {
+        let started = Instant::now();
+        let outcome = plugin.run_warm(&mut slot, request).await;
+        out.0.push(started.elapsed());
+        assert!(
+            matches!(outcome.result, Ok(StepValue::Health { .. })),
+            "{:?}",
+            outcome.result
+        );
+    }
+}
+
 fn time_command(program: &str, args: &[&str], n: usize, out: &mut Samples) {
     for _ in 0..n {
         let started = Instant::now();
@@ -130,6 +146,17 @@ async fn main() {
         "1. no-op health check",
         "plugin step (fresh instance + call)",
         &mut plugin,
+        "shell hook: sh -c 'exit 0'",
+        &mut shell,
+    );
+    let mut warm = Samples::default();
+    for _ in 0..ROUNDS {
+        time_warm_steps(&noop, noop_step, 2000, &mut warm).await;
+    }
+    report(
+        "1b. no-op health check, warm instance (how the engine runs health checks)",
+        "plugin step (warm instance)",
+        &mut warm,
         "shell hook: sh -c 'exit 0'",
         &mut shell,
     );

@@ -8,7 +8,7 @@ mod support;
 use serde_json::json;
 use slipway::runtime::{
     CacheOutcome, Health, LoadError, PluginSource, Runtime, RuntimeConfig, Source, StepError,
-    StepKind, StepValue,
+    StepInput, StepKind, StepRequest, StepValue, Warm,
 };
 use std::time::{Duration, Instant};
 use support::*;
@@ -565,4 +565,45 @@ async fn non_plugins_are_refused_with_a_reason() {
             .contains("builtins: command, http-check, tcp-check"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_warm_instance_is_reused_while_its_sandbox_is_the_same_and_dropped_after_an_error() {
+    let plugin = support::runtime()
+        .load(&PluginSource::File(fixture("noop")), None)
+        .await
+        .unwrap();
+    let mut step = Step::new(StepKind::HealthCheck, json!({}));
+    step.request.limits.wall_time = Duration::from_millis(300);
+    let mut slot = None;
+    let warm = async |slot: &mut Option<Warm>, request: &StepRequest| {
+        health(&plugin.run_warm(slot, request).await)
+    };
+    assert_eq!(warm(&mut slot, &step.request).await.1, "call 1");
+    assert_eq!(warm(&mut slot, &step.request).await.1, "call 2");
+    // Each call gets the whole wall time again, however long the instance lives.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(warm(&mut slot, &step.request).await.1, "call 3");
+    // A fresh run never sees the warm one's state.
+    assert_eq!(health(&step.run(&plugin).await).1, "call 1");
+
+    // Another environment (or release, grants, secrets...) gets its own.
+    let mut other = step.request.clone();
+    other.labels.environment = "production".into();
+    assert_eq!(warm(&mut slot, &other).await.1, "call 1");
+    assert_eq!(warm(&mut slot, &other).await.1, "call 2");
+
+    // Any error drops the instance: the next call starts fresh.
+    let mut panics = other.clone();
+    if let StepInput::Step(ctx) = &mut panics.input {
+        ctx.params = json!({ "panic": true });
+    }
+    let out = plugin.run_warm(&mut slot, &panics).await;
+    assert!(
+        matches!(out.result, Err(StepError::Trap(_))),
+        "{:?}",
+        out.result
+    );
+    assert!(slot.is_none());
+    assert_eq!(warm(&mut slot, &other).await.1, "call 1");
 }

@@ -128,6 +128,9 @@ pub struct PluginConfig {
     pub timeout: Option<Duration>,
     /// Memory limit of this plugin's steps, in bytes.
     pub memory: Option<usize>,
+    /// Health checks reuse a warm instance per app and environment
+    /// (`runtime::Plugin::run_warm`); `false`: a fresh instance every time.
+    pub warm: bool,
     pub at: Loc,
 }
 

@@ -324,7 +324,7 @@ fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> 
     doc.known_keys(
         table,
         &what,
-        &["source", "sha256", "grants", "timeout", "memory_mb"],
+        &["source", "sha256", "grants", "timeout", "memory_mb", "warm"],
     );
     let at = doc.loc(v.span().start);
     let source_v = required(doc, table, "source", &what, v.span())?;
@@ -377,6 +377,10 @@ fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> 
         }
         None => None,
     };
+    let warm = match table.get("warm") {
+        Some(v) => doc.boolean(v, "`warm`")?,
+        None => true,
+    };
     Some(PluginConfig {
         name: name.to_string(),
         source,
@@ -384,6 +388,7 @@ fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> 
         grants,
         timeout,
         memory,
+        warm,
         at,
     })
 }

@@ -47,9 +47,21 @@ pub(crate) struct Shared {
     approvals: Mutex<HashMap<(String, String), Approval>>,
     /// Tells each app's `notify` steps of its deployments, off their path.
     notifier: notify::Notifier,
+    /// The warm health-check instance of each (app, environment).
+    warm: Mutex<HashMap<(String, String), WarmSlot>>,
 }
 
+type WarmSlot = Arc<tokio::sync::Mutex<Option<crate::runtime::Warm>>>;
+
 impl Shared {
+    /// The warm-instance slot of (app, env): never shared between apps.
+    pub(crate) fn warm_slot(&self, app: &str, env: &str) -> WarmSlot {
+        let mut warm = self.warm.lock().expect("warm slots poisoned");
+        warm.entry((app.to_string(), env.to_string()))
+            .or_default()
+            .clone()
+    }
+
     pub(crate) fn record_health(&self, app: &str, env: &str, result: &str, message: &str) {
         let report = HealthReport {
             result: result.to_string(),
@@ -133,6 +145,7 @@ impl Engine {
                 health: Mutex::new(HashMap::new()),
                 approvals: Mutex::new(HashMap::new()),
                 notifier: notify::Notifier::new(journal.clone()),
+                warm: Mutex::new(HashMap::new()),
                 journal,
             }),
             workers: Mutex::new(HashMap::new()),

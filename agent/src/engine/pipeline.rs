@@ -833,7 +833,15 @@ pub(super) async fn run_step_as(
             deployment: deployment.map(|d| d.to_string()).unwrap_or_default(),
         },
     };
-    let outcome = plugin.run(&request).await;
+    let outcome = if kind == StepKind::HealthCheck && plugin_cfg.warm {
+        // One warm instance per (app, environment): checks every
+        // `interval` do not pay instantiation (see `Plugin::run_warm`).
+        let slot = shared.warm_slot(app, env_name.as_deref().unwrap_or_default());
+        let mut slot = slot.lock().await;
+        plugin.run_warm(&mut slot, &request).await
+    } else {
+        plugin.run(&request).await
+    };
     log_outcome(&plugin, &request, &outcome);
     let (result_word, _) = describe(&outcome);
     let metrics = crate::metrics::metrics();

@@ -728,40 +728,163 @@ impl Plugin {
                 plugin: request.labels.plugin.clone(),
             })
             .inc();
-        let result = self.call(&mut sandbox, request).await;
-        let max = request.limits.max_output_bytes;
-        let redact = |s: String| limits::truncate(request.redactor.redact(&s), max);
-        let result = match result {
-            Ok(StepValue::Passed { report }) => Ok(StepValue::Passed {
-                report: redact(report),
-            }),
-            Ok(StepValue::Health { status, message }) => Ok(StepValue::Health {
-                status,
-                message: redact(message),
-            }),
-            Ok(StepValue::Artifact { dir, metadata }) => Ok(StepValue::Artifact {
-                dir: redact(dir),
-                metadata: metadata
-                    .into_iter()
-                    .map(|(k, v)| (redact(k), redact(v)))
-                    .collect(),
-            }),
-            Ok(StepValue::Done) => Ok(StepValue::Done),
-            Err(StepError::Failed(m)) => Err(StepError::Failed(redact(m))),
-            Err(StepError::Trap(m)) => Err(StepError::Trap(redact(m))),
-            Err(other) => Err(other),
-        };
+        let result = self.call(&mut sandbox, request, None).await;
         StepOutcome {
-            result,
+            result: finish_result(request, result),
             logs: sandbox.finish(),
             duration: started.elapsed(),
         }
     }
 
+    /// Run one step in the warm instance kept in `slot`, made on first use.
+    ///
+    /// For steps called again and again with the same sandbox — health
+    /// checks: an interpreted plugin (Python, JavaScript) pays its
+    /// instantiation once instead of every second. Isolation policy: an
+    /// instance is reused only while everything that shapes its sandbox is
+    /// the same (plugin, grants, limits, secrets, app, environment, release,
+    /// deployment: the `key`); any error (failure, trap, timeout, limit)
+    /// drops it, and so does reaching [`WARM_MAX_CALLS`] calls or half its
+    /// output capture; the caller keeps one slot per app and environment,
+    /// never shared between apps. The guest's memory does persist between
+    /// calls of one slot (its caches, its globals): that is the point.
+    pub async fn run_warm(&self, slot: &mut Option<Warm>, request: &StepRequest) -> StepOutcome {
+        let started = Instant::now();
+        let key = warm_key(&self.sha256, request);
+        if slot.as_ref().is_some_and(|w| w.key != key) {
+            *slot = None;
+        }
+        let mut warm = match slot.take() {
+            Some(warm) => warm,
+            None => {
+                let mut sandbox = match Sandbox::new(&self.engine, request) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return StepOutcome {
+                            result: Err(e),
+                            logs: Vec::new(),
+                            duration: started.elapsed(),
+                        };
+                    }
+                };
+                let pre = self.pre.clone();
+                let instance = sandbox
+                    .run(&request.limits, async |store| {
+                        pre.instantiate_async(&mut *store).await
+                    })
+                    .await;
+                match instance {
+                    Ok(instance) => Warm {
+                        key,
+                        sandbox,
+                        instance,
+                        calls: 0,
+                        seen: (0, 0),
+                    },
+                    Err(e) => {
+                        return StepOutcome {
+                            result: Err(e),
+                            logs: sandbox.finish(),
+                            duration: started.elapsed(),
+                        };
+                    }
+                }
+            }
+        };
+        crate::metrics::metrics()
+            .plugin_instantiations
+            .get_or_create(&crate::metrics::PluginLabels {
+                plugin: request.labels.plugin.clone(),
+            })
+            .inc_by(u64::from(warm.calls == 0));
+        warm.sandbox.rearm(&request.limits);
+        let result = self
+            .call(&mut warm.sandbox, request, Some(warm.instance))
+            .await;
+        warm.calls += 1;
+        let logs = warm.sandbox.take_logs(&mut warm.seen);
+        let keep = result.is_ok()
+            && warm.calls < WARM_MAX_CALLS
+            && warm.seen.0.max(warm.seen.1) < request.limits.max_log_bytes / 2;
+        if keep {
+            *slot = Some(warm);
+        }
+        StepOutcome {
+            result: finish_result(request, result),
+            logs,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+/// A warm instance is recycled after this many calls, whatever happens.
+pub const WARM_MAX_CALLS: u32 = 10_000;
+
+/// An instance kept between calls by [`Plugin::run_warm`].
+pub struct Warm {
+    key: String,
+    sandbox: Sandbox,
+    instance: wasmtime::component::Instance,
+    calls: u32,
+    /// Guest stdout/stderr bytes already taken into earlier calls' logs.
+    seen: (usize, usize),
+}
+
+/// Everything that shapes a step's sandbox; a warm instance serves only
+/// requests with the same key.
+fn warm_key(plugin_sha256: &str, r: &StepRequest) -> String {
+    let context = match &r.input {
+        StepInput::Step(ctx) => format!(
+            "{}|{:?}|{:?}",
+            ctx.release.dir.display(),
+            ctx.app,
+            ctx.environment
+        ),
+        StepInput::Notify { .. } => "notify".into(),
+    };
+    let l = &r.labels;
+    let shape = format!(
+        "{plugin_sha256}|{:?}|{:?}|{:?}|{:?}|{context}|{}|{}|{}|{}|{}",
+        r.kind, r.grants, r.limits, r.secrets, l.plugin, l.kind, l.app, l.environment, l.deployment
+    );
+    cache::sha256_hex(shape.as_bytes())
+}
+
+/// A step's result as the caller sees it: strings redacted and capped.
+fn finish_result(
+    request: &StepRequest,
+    result: Result<StepValue, StepError>,
+) -> Result<StepValue, StepError> {
+    let max = request.limits.max_output_bytes;
+    let redact = |s: String| limits::truncate(request.redactor.redact(&s), max);
+    match result {
+        Ok(StepValue::Passed { report }) => Ok(StepValue::Passed {
+            report: redact(report),
+        }),
+        Ok(StepValue::Health { status, message }) => Ok(StepValue::Health {
+            status,
+            message: redact(message),
+        }),
+        Ok(StepValue::Artifact { dir, metadata }) => Ok(StepValue::Artifact {
+            dir: redact(dir),
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (redact(k), redact(v)))
+                .collect(),
+        }),
+        Ok(StepValue::Done) => Ok(StepValue::Done),
+        Err(StepError::Failed(m)) => Err(StepError::Failed(redact(m))),
+        Err(StepError::Trap(m)) => Err(StepError::Trap(redact(m))),
+        Err(other) => Err(other),
+    }
+}
+
+impl Plugin {
     async fn call(
         &self,
         sandbox: &mut Sandbox,
         request: &StepRequest,
+        warm: Option<wasmtime::component::Instance>,
     ) -> Result<StepValue, StepError> {
         if !self.implements(request.kind) {
             return Err(StepError::NotImplemented(request.kind));
@@ -782,7 +905,10 @@ impl Plugin {
         }
         sandbox
             .run(&request.limits, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
+                let instance = match warm {
+                    Some(instance) => instance,
+                    None => pre.instantiate_async(&mut *store).await?,
+                };
                 let s = &mut *store;
                 let value = match kind {
                     StepKind::Build => {
@@ -902,6 +1028,9 @@ struct Sandbox {
     stdio: caps::wasi::Stdio,
     log: StepLog,
     timed_out: Arc<AtomicBool>,
+    /// When the current call must end; moved forward per call of a warm
+    /// instance.
+    deadline: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl Sandbox {
@@ -957,7 +1086,10 @@ impl Sandbox {
         store.set_epoch_deadline(1);
         let timed_out = Arc::new(AtomicBool::new(false));
         let flag = timed_out.clone();
+        let shared_deadline = Arc::new(std::sync::Mutex::new(deadline));
+        let current = shared_deadline.clone();
         store.epoch_deadline_callback(move |_| {
+            let deadline = *current.lock().expect("deadline poisoned");
             if Instant::now() >= deadline {
                 flag.store(true, Ordering::Relaxed);
                 wasmtime::bail!("wall-time limit exceeded");
@@ -970,7 +1102,30 @@ impl Sandbox {
             stdio,
             log,
             timed_out,
+            deadline: shared_deadline,
         })
+    }
+
+    /// Ready a warm instance's sandbox for its next call: a new wall-time
+    /// deadline (for the guest and for `exec`).
+    fn rearm(&mut self, limits: &Limits) {
+        let deadline = Instant::now() + limits.wall_time;
+        *self.deadline.lock().expect("deadline poisoned") = deadline;
+        self.store.data_mut().host.exec.deadline = deadline;
+        self.timed_out.store(false, Ordering::Relaxed);
+    }
+
+    /// This call's log lines: what the guest logged, then what it printed
+    /// since the last call (`seen` tracks stdout and stderr offsets).
+    fn take_logs(&mut self, seen: &mut (usize, usize)) -> Vec<LogLine> {
+        let out = self.stdio.stdout.contents();
+        let err = self.stdio.stderr.contents();
+        self.log
+            .push_output(Source::Stdout, out.get(seen.0..).unwrap_or_default());
+        self.log
+            .push_output(Source::Stderr, err.get(seen.1..).unwrap_or_default());
+        *seen = (out.len(), err.len());
+        self.log.take_lines()
     }
 
     /// Run `body` under the step's wall time; classify how it ended.

@@ -126,6 +126,17 @@ impl StepLog {
         }
     }
 
+    /// The lines so far, emptied, with the byte budget reset: a warm
+    /// instance's log is taken per call.
+    pub fn take_lines(&self) -> Vec<LogLine> {
+        let lines = self.lines();
+        let mut inner = self.inner.lock().expect("step log poisoned");
+        inner.lines.clear();
+        inner.bytes = 0;
+        inner.dropped = 0;
+        lines
+    }
+
     /// The lines so far; a last line says how many were dropped over the cap.
     pub fn lines(&self) -> Vec<LogLine> {
         let inner = self.inner.lock().expect("step log poisoned");

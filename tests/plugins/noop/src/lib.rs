@@ -1,5 +1,5 @@
-//! Test fixture: a health check that does nothing, to measure the bare cost
-//! of a plugin step (fresh instance + call).
+//! Test fixture: a health check that does (almost) nothing, to measure the
+//! bare cost of a plugin step, and to tell a warm instance from a fresh one.
 
 use slipway_plugin_sdk::prelude::*;
 
@@ -14,9 +14,17 @@ impl Plugin for Noop {
     }
 }
 
+/// Calls this instance has served: 1 in a fresh instance, counting up in
+/// a warm one. `{"panic": true}` traps instead.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl HealthCheck for Noop {
-    fn check(_ctx: &StepContext, _params: Value) -> HealthReport {
-        HealthReport::healthy("ok")
+    fn check(_ctx: &StepContext, params: Value) -> HealthReport {
+        if params["panic"] == true {
+            panic!("asked to panic");
+        }
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        HealthReport::healthy(format!("call {n}"))
     }
 }
 
