@@ -554,8 +554,9 @@ pub enum StepInput {
     },
 }
 
-/// One step to run: the call, and the sandbox it runs in.
-#[derive(Debug, Clone)]
+/// One step to run: the call, and the sandbox it runs in. Its `Debug`
+/// names the secrets but never shows their values.
+#[derive(Clone)]
 pub struct StepRequest {
     pub kind: StepKind,
     pub input: StepInput,
@@ -568,6 +569,19 @@ pub struct StepRequest {
     /// Redacts every known secret, granted or not.
     pub redactor: Redactor,
     pub labels: StepLabels,
+}
+
+impl std::fmt::Debug for StepRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepRequest")
+            .field("kind", &self.kind)
+            .field("input", &self.input)
+            .field("grants", &self.grants)
+            .field("limits", &self.limits)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Health as a check reported it.
@@ -845,7 +859,15 @@ fn warm_key(plugin_sha256: &str, r: &StepRequest) -> String {
     let l = &r.labels;
     let shape = format!(
         "{plugin_sha256}|{:?}|{:?}|{:?}|{:?}|{context}|{}|{}|{}|{}|{}",
-        r.kind, r.grants, r.limits, r.secrets, l.plugin, l.kind, l.app, l.environment, l.deployment
+        r.kind,
+        r.grants,
+        r.limits,
+        r.secrets.iter().collect::<Vec<_>>(),
+        l.plugin,
+        l.kind,
+        l.app,
+        l.environment,
+        l.deployment
     );
     cache::sha256_hex(shape.as_bytes())
 }

@@ -8,11 +8,19 @@
 
 use std::sync::Arc;
 
-/// Replaces known secret values with `[REDACTED:name]`.
-#[derive(Debug, Clone, Default)]
+/// Replaces known secret values with `[REDACTED:name]`. Its `Debug` shows
+/// only the names.
+#[derive(Clone, Default)]
 pub struct Redactor {
     /// (name, value), longest value first so overlapping secrets redact fully.
     secrets: Arc<Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Redactor").field("secrets", &names).finish()
+    }
 }
 
 impl Redactor {
@@ -44,6 +52,13 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::Redactor;
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let r = Redactor::new([("db".to_string(), "hunter2hunter2".to_string())]);
+        let shown = format!("{r:?}");
+        assert!(shown.contains("db") && !shown.contains("hunter2"), "{shown}");
+    }
 
     #[test]
     fn redacts_every_occurrence_longest_first() {
