@@ -33,7 +33,9 @@ fn main() {
         "plugin-sdk",
         "plugins",
         "tests/plugins",
-        "examples/plugins",
+        // Only the Rust example: the Python and JS ones have their own
+        // build scripts, and editing them must not rebuild the agent.
+        "examples/plugins/rust-health",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -6,7 +6,11 @@
 //! 1. a no-op health-check step (fresh instance from `InstancePre` + call)
 //!    vs `sh -c 'exit 0'` spawned with `std::process::Command`;
 //! 2. the `http-check` plugin vs `curl -fsS` against the same local server;
-//! 3. cold compile vs compile-cache load of the largest first-party plugin.
+//! 3. cold compile vs compile-cache load of the largest first-party plugin;
+//! 4. the same HTTP check in Rust, Python and JavaScript (the example
+//!    plugins, built by their build scripts): component size, compile time,
+//!    cache load time, and per-step time with a fresh and a warm instance,
+//!    against `sh -c 'exit 0'` and `curl`.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -18,7 +22,7 @@ use slipway::runtime::{
 };
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{HttpServer, Step, patterns};
+use support::{HttpServer, Step, examples, patterns};
 
 const ROUNDS: usize = 5;
 
@@ -221,4 +225,137 @@ async fn main() {
         "cold compile",
         &mut compile,
     );
+
+    // 4. the same HTTP check in three languages
+    languages(&rt, &server, state.path()).await;
+}
+
+/// One language's plugin for section 4, and its figures.
+struct Lang {
+    name: &'static str,
+    plugin: Plugin,
+    bytes: Vec<u8>,
+    step: Step,
+    compile: Samples,
+    load: Samples,
+    fresh: Samples,
+    warm: Samples,
+}
+
+async fn languages(rt: &Runtime, server: &HttpServer, state: &std::path::Path) {
+    let url = server.url("/ok");
+    let grant = |g: &mut slipway::runtime::Grants| g.http = patterns(&["127.0.0.1:*"]);
+    let mut langs = Vec::new();
+    // python-smoke is a smoke-test plugin; the others are health checks.
+    // All three send the same GET and check its status.
+    for (name, path, kind) in [
+        (
+            "Rust (rust-health)",
+            examples::rust_health(),
+            StepKind::HealthCheck,
+        ),
+        (
+            "Python (python-smoke)",
+            examples::python_smoke(),
+            StepKind::SmokeTest,
+        ),
+        (
+            "JavaScript (js-health)",
+            examples::js_health(),
+            StepKind::HealthCheck,
+        ),
+    ] {
+        let plugin = rt
+            .load(&PluginSource::File(path.clone()), None)
+            .await
+            .unwrap();
+        langs.push(Lang {
+            name,
+            plugin,
+            bytes: std::fs::read(&path).unwrap(),
+            step: Step::new(kind, json!({ "url": url })).grants(grant),
+            compile: Samples::default(),
+            load: Samples::default(),
+            fresh: Samples::default(),
+            warm: Samples::default(),
+        });
+    }
+
+    let engine = rt.engine();
+    let no_cache = CompileCache::new(engine, None);
+    let cache = CompileCache::new(engine, Some(&state.join("lang-cache")));
+    for l in &mut langs {
+        let sha = slipway::runtime::cache::sha256_hex(&l.bytes);
+        cache.load(engine, &l.bytes, &sha).unwrap();
+        // Compiling a Python or JS component takes seconds: two are enough.
+        for _ in 0..2 {
+            let started = Instant::now();
+            no_cache.load(engine, &l.bytes, &sha).unwrap();
+            l.compile.0.push(started.elapsed());
+        }
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (_, outcome) = cache.load(engine, &l.bytes, &sha).unwrap();
+            l.load.0.push(started.elapsed());
+            assert_eq!(outcome, CacheOutcome::Hit);
+        }
+    }
+
+    let (mut shell, mut curl) = (Samples::default(), Samples::default());
+    for l in &langs {
+        time_steps(&l.plugin, &l.step.request, 20, &mut Samples::default()).await;
+    }
+    for _ in 0..ROUNDS {
+        for l in &mut langs {
+            time_steps(&l.plugin, &l.step.request, 60, &mut l.fresh).await;
+            let mut slot = None;
+            for _ in 0..200 {
+                let started = Instant::now();
+                let outcome = l.plugin.run_warm(&mut slot, &l.step.request).await;
+                l.warm.0.push(started.elapsed());
+                assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            }
+        }
+        time_command("sh", &["-c", "exit 0"], 60, &mut shell);
+        time_command("curl", &["-fsS", "-o", "/dev/null", &url], 60, &mut curl);
+    }
+
+    let ms = |d: Duration| format!("{:>9.2} ms", d.as_secs_f64() * 1e3);
+    println!("\n4. the same HTTP check in Rust, Python and JavaScript (medians)");
+    println!(
+        "  {:<24} {:>9} {:>12} {:>12} {:>12} {:>12}",
+        "plugin", "size", "compile", "cache load", "fresh step", "warm step"
+    );
+    for l in &mut langs {
+        println!(
+            "  {:<24} {:>6} KB {} {} {} {}",
+            l.name,
+            l.bytes.len() / 1024,
+            ms(l.compile.median()),
+            ms(l.load.median()),
+            ms(l.fresh.median()),
+            ms(l.warm.median()),
+        );
+    }
+    println!(
+        "  {:<24} {:>35} {}",
+        "sh -c 'exit 0'",
+        "",
+        ms(shell.median())
+    );
+    println!(
+        "  {:<24} {:>35} {}",
+        "curl -fsS (same GET)",
+        "",
+        ms(curl.median())
+    );
+    let shell = shell.median().as_secs_f64();
+    for l in &mut langs {
+        println!(
+            "  {:<24} fresh step = {:.2}x a shell hook, warm step = {:.2}x",
+            l.name,
+            l.fresh.median().as_secs_f64() / shell,
+            l.warm.median().as_secs_f64() / shell,
+        );
+    }
 }

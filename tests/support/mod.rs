@@ -2,6 +2,7 @@
 //! servers, and step requests with a real release directory.
 #![allow(dead_code)]
 
+pub mod examples;
 pub mod quickstart;
 
 use slipway::runtime::{

@@ -19,6 +19,13 @@ pub struct Quickstart {
     pub production_extra: String,
     /// The command plugin's grants (default: run rustc).
     pub command_grants: String,
+    /// Extra tables at the end of the file, e.g. `[plugins.NAME]` for a
+    /// plugin from a file (end each line with a newline).
+    pub plugins_extra: String,
+    /// Staging's `smoke` step and production's `health` step (the inline
+    /// table after `=`), in place of the http-check ones.
+    pub staging_smoke: Option<String>,
+    pub production_health: Option<String>,
 }
 
 impl Quickstart {
@@ -39,6 +46,9 @@ impl Quickstart {
             staging_extra: String::new(),
             production_extra: String::new(),
             command_grants: r#"{ exec = ["rustc"] }"#.into(),
+            plugins_extra: String::new(),
+            staging_smoke: None,
+            production_health: None,
         };
         q.write_config("1.0.0");
         q
@@ -49,6 +59,13 @@ impl Quickstart {
     }
 
     pub fn config_text(&self, version: &str) -> String {
+        let (s, p) = (self.staging, self.production);
+        let staging_smoke = self.staging_smoke.clone().unwrap_or_else(|| {
+            format!(r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/", retries = 30, retry_delay_ms = 100 }} }}"#)
+        });
+        let production_health = self.production_health.clone().unwrap_or_else(|| {
+            format!(r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/healthz" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s" }}"#)
+        });
         format!(
             r#"[agent]
 state_dir = "state"
@@ -72,7 +89,7 @@ build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main
 
 [apps.hello.environments.staging]
 run = {{ command = "./hello", env = {{ PORT = "{s}" }} }}
-smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/", retries = 30, retry_delay_ms = 100 }} }}
+smoke = {staging_smoke}
 health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "1s" }}
 {se}
 
@@ -80,11 +97,10 @@ health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/healt
 promote_from = "staging"
 run = {{ command = "./hello", env = {{ PORT = "{p}" }} }}
 smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/", retries = 30, retry_delay_ms = 100 }} }}
-health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/healthz" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s" }}
+health = {production_health}
 {pe}
-"#,
-            s = self.staging,
-            p = self.production,
+{plugins_extra}"#,
+            plugins_extra = self.plugins_extra,
             se = self.staging_extra,
             pe = self.production_extra,
             cg = self.command_grants,
