@@ -28,7 +28,7 @@ fn runtime() -> Result<Runtime, CliError> {
 }
 
 /// `NAME` is a builtin; anything with a `/` or ending in `.wasm` is a path.
-fn source_of(target: &str) -> PluginSource {
+pub(crate) fn source_of(target: &str) -> PluginSource {
     if target.contains('/') || target.ends_with(".wasm") || target.starts_with("builtin:") {
         PluginSource::parse(target, Path::new("."))
     } else {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod artifact;
+pub mod authoring;
 pub mod backup;
 pub mod cli;
 pub mod client;

@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginsCommand,
     },
+    /// Write a plugin: a skeleton to start from, and one step run locally.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// What runs where: per app and environment, the release, its health,
     /// the process, and deployments waiting or pinned.
     Status {
@@ -192,9 +197,125 @@ enum PluginsCommand {
     },
 }
 
-fn init_logs(format: LogFormat) {
+/// What `slipway plugin` does.
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a plugin skeleton that builds and passes `plugins inspect`:
+    /// source with describe() and a params schema, build.sh, README.
+    New {
+        /// The plugin's name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// The step kind: build, deploy, smoke-test, health-check,
+        /// rollback or notify.
+        #[arg(long)]
+        kind: String,
+        /// rust, python or js.
+        #[arg(long)]
+        lang: String,
+        /// Where to write it (default: ./NAME); must not exist.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust only: the plugin-sdk directory of a Slipway checkout (the
+        /// SDK is not on crates.io). Default: the one this binary was built
+        /// from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run one step of a plugin locally, through the agent's runtime, and
+    /// print its logs and result. Exit 0 if it passed, 1 if not, 2 for a
+    /// bad command line.
+    Test {
+        /// A `.wasm` component (or a builtin plugin's name).
+        plugin: String,
+        /// The step kind to run; may be left out if the plugin implements
+        /// only one.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The step's params, as JSON (default `{}`); checked against the
+        /// plugin's schema.
+        #[arg(long)]
+        params: Option<String>,
+        /// A capability, as in a config's grants: http=HOST:PORT,
+        /// tcp=HOST:PORT, exec=PROGRAM, dir=PATH, dir-rw=PATH, env=VAR
+        /// (its value from here) or env=VAR=VALUE, secret=NAME (its value
+        /// from the environment variable NAME). Repeat for more.
+        #[arg(long = "grant", value_name = "KIND=VALUE")]
+        grants: Vec<String>,
+        /// Wall-time limit of the step (default 60s; build 10m).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// The release directory (default: a scratch one, removed after).
+        #[arg(long)]
+        release: Option<PathBuf>,
+        /// The previous release's directory, as a rollback sees it.
+        #[arg(long)]
+        previous_release: Option<PathBuf>,
+        /// Keep compiled components in this directory (made private to
+        /// you), so runs after the first skip the compile.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `slipway plugin new|test`; a step that ran but did not pass prints its
+/// report and exits 1.
+async fn plugin_command(command: PluginCommand) -> Result<String, cli::CliError> {
+    match command {
+        PluginCommand::New {
+            name,
+            kind,
+            lang,
+            dir,
+            sdk,
+        } => slipway::authoring::skeleton::new_plugin(&slipway::authoring::skeleton::NewOptions {
+            name,
+            kind,
+            lang,
+            dir,
+            sdk,
+        })
+        .map_err(Into::into),
+        PluginCommand::Test {
+            plugin,
+            kind,
+            params,
+            grants,
+            timeout,
+            release,
+            previous_release,
+            cache_dir,
+            json,
+        } => {
+            let opts = slipway::authoring::local_step::TestOptions {
+                plugin,
+                kind,
+                params,
+                grants,
+                timeout,
+                release,
+                previous_release,
+                cache_dir,
+                json,
+            };
+            let run = slipway::authoring::local_step::run(&opts).await?;
+            if run.passed {
+                return Ok(run.text);
+            }
+            print!("{}", run.text);
+            Err(cli::CliError::failed(format!(
+                "the step did not pass: {}",
+                run.verdict
+            )))
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -235,7 +356,13 @@ fn agent_error(e: slipway::agent::AgentError) -> cli::CliError {
 
 fn main() {
     let args = Args::parse();
-    init_logs(args.log_format);
+    // `plugin test` prints the step's log lines itself; the agent's copy of
+    // them on stderr would only repeat them.
+    let default_filter = match args.command {
+        Command::Plugin { .. } => "warn,slipway::plugin=off,wasmtime_wasi_http=error",
+        _ => "info",
+    };
+    init_logs(args.log_format, default_filter);
     let runtime = tokio::runtime::Runtime::new().expect("starting tokio");
     let result = runtime.block_on(async {
         match args.command {
@@ -306,6 +433,7 @@ fn main() {
             Command::Approve { app, env, api } => {
                 slipway::ops::approve(&api.target(), &app, &env, api.json).await
             }
+            Command::Plugin { command } => plugin_command(command).await,
             Command::Plugins { command } => match command {
                 PluginsCommand::List { json } => cli::plugins_list(json).await,
                 PluginsCommand::Inspect { target, json } => {

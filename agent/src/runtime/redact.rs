@@ -57,7 +57,10 @@ mod tests {
     fn debug_shows_names_not_values() {
         let r = Redactor::new([("db".to_string(), "hunter2hunter2".to_string())]);
         let shown = format!("{r:?}");
-        assert!(shown.contains("db") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("db") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]
