@@ -843,13 +843,13 @@ pub(super) async fn run_step_as(
         plugin.run(&request).await
     };
     log_outcome(&plugin, &request, &outcome);
-    let (result_word, _) = describe(&outcome);
+    let (result_word, message) = describe(&outcome);
     let metrics = crate::metrics::metrics();
     metrics.step(label, &step.plugin, result_word, outcome.duration);
     if kind == StepKind::HealthCheck {
         let env = env_name.as_deref().unwrap_or_default();
         metrics.health(app, env, result_word);
-        shared.record_health(app, env, result_word, &describe(&outcome).1);
+        shared.record_health(app, env, result_word, &message);
     }
     if let Some(step_id) = step_id {
         finish_step(&shared.journal, step_id, &outcome);
