@@ -29,3 +29,11 @@ pub fn names() -> Vec<&'static str> {
 /// Only meaningful on the machine that built this binary (tests, benches).
 #[doc(hidden)]
 pub const BUILD_DIR: &str = env!("SLIPWAY_WASM_DIR");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_config_knows_every_builtin_by_name() {
+        assert_eq!(super::names(), slipway_config::plugin::BUILTINS);
+    }
+}

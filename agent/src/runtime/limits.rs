@@ -33,9 +33,8 @@ impl Default for Limits {
     }
 }
 
-/// The largest memory limit a step may ask for; the pooling allocator
-/// reserves address space for this much per instance slot.
-pub const MAX_MEMORY_BYTES: usize = 1024 * 1024 * 1024;
+/// The largest memory limit a step may ask for (checked by the config).
+pub use slipway_config::plugin::MAX_MEMORY_BYTES;
 
 /// Cut `text` to at most `max` bytes (on a char boundary), saying how much
 /// was dropped.

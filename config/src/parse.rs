@@ -3,7 +3,8 @@
 //! its line and column instead of stopping at the first one.
 
 use super::*;
-use crate::runtime::{DirGrant, HostPattern, builtin};
+use crate::grants::{DirGrant, HostPattern};
+use crate::plugin::{BUILTINS, MAX_MEMORY_BYTES};
 use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -101,6 +102,21 @@ impl<'a> Doc<'a> {
             }
             None => {
                 self.error(v.span(), format!("{what} must be an integer"));
+                None
+            }
+        }
+    }
+
+    /// A count of checks (at least 1; it is kept as a `u32`).
+    fn count(&mut self, v: &Value<'_>, what: &str) -> Option<u32> {
+        let n = self.integer(v, what, 1)?;
+        match u32::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(
+                    v.span(),
+                    format!("{what} may be at most {}, not {n}", u32::MAX),
+                );
                 None
             }
         }
@@ -330,12 +346,12 @@ fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> 
     let source_v = required(doc, table, "source", &what, v.span())?;
     let source_text = doc.string(source_v, "`source`")?;
     let source = match source_text.strip_prefix("builtin:") {
-        Some(b) if builtin::get(b).is_none() => {
+        Some(b) if !BUILTINS.contains(&b) => {
             doc.error(
                 source_v.span(),
                 format!(
                     "unknown builtin plugin `{b}` (builtins: {})",
-                    builtin::names().join(", ")
+                    BUILTINS.join(", ")
                 ),
             );
             return None;
@@ -364,13 +380,10 @@ fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> 
     let memory = match table.get("memory_mb") {
         Some(v) => {
             let mb = doc.integer(v, "`memory_mb`", 1)? as usize;
-            if mb > crate::runtime::limits::MAX_MEMORY_BYTES >> 20 {
+            if mb > MAX_MEMORY_BYTES >> 20 {
                 doc.error(
                     v.span(),
-                    format!(
-                        "`memory_mb` may be at most {}",
-                        crate::runtime::limits::MAX_MEMORY_BYTES >> 20
-                    ),
+                    format!("`memory_mb` may be at most {}", MAX_MEMORY_BYTES >> 20),
                 );
             }
             Some(mb << 20)
@@ -461,7 +474,7 @@ fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
 }
 
 /// `[secrets.NAME]`: exactly one source. The value is read later
-/// ([`Config::resolve_secrets`]), never taken from the config text.
+/// ([`Config::read_secrets`]), never taken from the config text.
 fn secret(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<SecretConfig> {
     let what = format!("[secrets.{name}]");
     let table = doc.table(v, &what)?;
@@ -570,6 +583,12 @@ fn app(doc: &mut Doc<'_>, name: &str, name_span: Range<usize>, v: &Value<'_>) ->
     match table.get("environments") {
         Some(v) => {
             if let Some(envs) = doc.table(v, "`environments`") {
+                if envs.is_empty() {
+                    doc.error(
+                        v.span(),
+                        format!("{what} has no `[apps.{name}.environments.ENV]`"),
+                    );
+                }
                 for (env_name, env_v) in envs {
                     if let Some(e) = environment(doc, name, env_name.get_ref(), env_v) {
                         environments.push((e, env_name.span()));
@@ -633,7 +652,7 @@ fn app_source(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AppSource> {
         }
         (None, Some(u)) => {
             let url = doc.string(u, "`source.url`")?;
-            if let Err(e) = crate::artifact::check_url(&url) {
+            if let Err(e) = crate::source_url::check_url(&url) {
                 doc.error(u.span(), format!("`source.url`: {e}"));
             }
             let Some(s) = t.get("sha256") else {
@@ -910,24 +929,34 @@ fn health(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<HealthConfig> {
         None => Duration::from_secs(2),
     };
     let healthy_after = match table.get("healthy_after") {
-        Some(v) => doc.integer(v, "`healthy_after`", 1)? as u32,
+        Some(v) => doc.count(v, "`healthy_after`")?,
         None => 1,
     };
     let unhealthy_after = match table.get("unhealthy_after") {
-        Some(v) => doc.integer(v, "`unhealthy_after`", 1)? as u32,
+        Some(v) => doc.count(v, "`unhealthy_after`")?,
         None => 2,
+    };
+    let Some(passing) = interval
+        .checked_mul(healthy_after)
+        .filter(|d| *d <= MAX_DURATION)
+    else {
+        doc.error(
+            v.span(),
+            "`interval` × `healthy_after` is longer than 100 years: the release would never pass",
+        );
+        return None;
     };
     let bake = match table.get("bake") {
         Some(v) => doc.duration(v, "`bake`")?,
-        None => interval * healthy_after,
+        None => passing,
     };
-    if bake < interval * healthy_after {
+    if bake < passing {
         doc.error(
             v.span(),
             format!(
                 "`bake` ({} ms) is shorter than `interval` × `healthy_after` ({} ms): the release could never pass",
                 bake.as_millis(),
-                (interval * healthy_after).as_millis()
+                passing.as_millis()
             ),
         );
     }

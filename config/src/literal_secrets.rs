@@ -319,7 +319,7 @@ smoke = { plugin = "h", params = { url = "http://user@127.0.0.1:8080/", note = "
 
     #[test]
     fn the_quickstart_has_no_literal_secrets() {
-        let text = include_str!("../../../examples/quickstart/slipway.toml");
+        let text = include_str!("../../examples/quickstart/slipway.toml");
         assert_eq!(findings(text), []);
     }
 }

@@ -11,11 +11,13 @@
 //! value.
 //!
 //! It is not the capability that hands values to a plugin
-//! (`runtime::caps::secret`), nor the scanner for secrets written literally
-//! in the config (`literal_secrets`).
+//! (`slipway::runtime::caps::secret`), nor the scanner for secrets written
+//! literally in the config (`literal_secrets`), nor the agent's own log
+//! redaction: `slipway::config::resolve_secrets` wraps [`Config::read_secrets`]
+//! and registers every value it read with the agent's log.
 
 use super::*;
-use crate::runtime::Redactor;
+use crate::redact::Redactor;
 use std::ffi::OsString;
 use std::fmt;
 
@@ -63,11 +65,11 @@ pub struct SecretConfig {
     pub source: SecretSource,
     /// Where the source is written; resolution problems point here.
     pub at: Loc,
-    /// The value, once [`Config::resolve_secrets`] has read it.
+    /// The value, once [`Config::read_secrets`] has read it.
     pub value: Option<Secret>,
 }
 
-/// How strict [`Config::resolve_secrets`] is.
+/// How strict [`Config::read_secrets`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolve {
     /// The agent: every secret must resolve, or the config is refused.
@@ -88,11 +90,15 @@ impl Config {
     /// Read every secret's value from its source. Problems are located at
     /// the source key; warnings (a value too short to redact, a credential
     /// `validate` cannot see) are added to [`Config::warnings`].
-    pub fn resolve_secrets(&mut self, mode: Resolve) -> Result<(), ConfigErrors> {
+    ///
+    /// The agent calls it through `slipway::config::resolve_secrets`, which
+    /// also hides every value from the agent's own log: hence the different
+    /// name, so no caller there skips that by accident.
+    pub fn read_secrets(&mut self, mode: Resolve) -> Result<(), ConfigErrors> {
         self.resolve_secrets_from(mode, &|var| std::env::var_os(var))
     }
 
-    /// [`Self::resolve_secrets`] with `env` as the agent's environment.
+    /// [`Self::read_secrets`] with `env` as the agent's environment.
     fn resolve_secrets_from(
         &mut self,
         mode: Resolve,
@@ -124,7 +130,6 @@ impl Config {
                             Redactor::MIN_LEN
                         )).into());
                     }
-                    crate::logging::redact(&secret.name, &value);
                     secret.value = Some(Secret::new(value));
                 }
                 Err(Unresolved::NoCredentialsDirectory) if mode == Resolve::Validate => {

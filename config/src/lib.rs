@@ -1,0 +1,767 @@
+//! The config file: what should run where. Parsed from TOML into a typed
+//! model, then checked as a whole; every problem is reported at once as
+//! `FILE:LINE:COL: message`.
+//!
+//! It is not the state of the server: that is the journal. The config only
+//! says what *should* be; the engine makes it so. Every key is documented in
+//! `docs/config.md`.
+//!
+//! This crate is the pure part of the config: text to model, every check
+//! that needs no plugin loaded, and the check of what a plugin's
+//! `describe()` returns. It is not the plugin runtime (no wasmtime here):
+//! the checks that need the plugins themselves (`slipway::config::check`)
+//! and the agent's log redaction stay in the agent. Being pure is why it is
+//! its own crate: `fuzz/` instruments all of it in seconds, which it could
+//! not do with wasmtime in the build.
+
+pub mod grants;
+mod literal_secrets;
+mod parse;
+pub mod plugin;
+pub mod redact;
+mod secrets;
+pub mod source_url;
+
+pub use secrets::{Resolve, Secret, SecretConfig, SecretSource};
+
+use grants::Grants;
+use plugin::PluginSource;
+use semver::Version;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A located problem in a config file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem at a position kept from parsing (checks after the walk).
+    pub fn at(file: &Path, at: Loc, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: at.line,
+            col: at.col,
+            message: message.into(),
+        }
+    }
+}
+
+/// A located finding that does not make the config invalid (a secret
+/// written literally, a secret `validate` cannot read here): `validate`
+/// prints it, the agent logs it, and the config is used all the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            file,
+            line,
+            col,
+            message,
+        } = self;
+        write!(f, "{}:{line}:{col}: warning: {message}", file.display())
+    }
+}
+
+impl From<ConfigError> for ConfigWarning {
+    fn from(e: ConfigError) -> Self {
+        Self {
+            file: e.file,
+            line: e.line,
+            col: e.col,
+            message: e.message,
+        }
+    }
+}
+
+/// All the problems found in one file, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// A position in the config file (1-based), kept so later checks can point
+/// at the key they are about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// The whole config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub agent: AgentConfig,
+    pub plugins: BTreeMap<String, PluginConfig>,
+    pub apps: BTreeMap<String, AppConfig>,
+    /// `[secrets.NAME]`: sources, and values once resolved. Not part of
+    /// any app's spec: a secret's value never reaches the journal.
+    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Findings that do not make the config invalid, in file order.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Journal, releases, logs, compile cache. Relative to the config file.
+    pub state_dir: PathBuf,
+    /// API address (used by the API; loopback by default).
+    pub listen: String,
+    /// How long a stopped app gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Allow a non-loopback `listen` (only behind a TLS proxy).
+    pub allow_remote_api: bool,
+}
+
+/// `[plugins.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    pub name: String,
+    pub source: PluginSource,
+    pub sha256: Option<String>,
+    pub grants: Grants,
+    /// Default wall time of this plugin's steps.
+    pub timeout: Option<Duration>,
+    /// Memory limit of this plugin's steps, in bytes.
+    pub memory: Option<usize>,
+    /// Health checks reuse a warm instance per app and environment
+    /// (`runtime::Plugin::run_warm`); `false`: a fresh instance every time.
+    pub warm: bool,
+    pub at: Loc,
+}
+
+/// `[apps.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppConfig {
+    pub name: String,
+    pub version: Version,
+    pub source: AppSource,
+    pub build: Option<StepConfig>,
+    pub keep_releases: usize,
+    /// In promotion order: every environment comes after its `promote_from`.
+    pub environments: Vec<EnvConfig>,
+    /// Steps told of every state change of a deployment, in order. Who hears
+    /// about a deployment is not what is deployed: not in the spec.
+    #[serde(skip)]
+    pub notify: Vec<StepConfig>,
+}
+
+/// Where an app's source comes from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppSource {
+    /// A directory on this machine, copied into each release before build.
+    Path(PathBuf),
+    /// A file downloaded once (verified against `sha256`, lowercase hex) and
+    /// unpacked into each release before build (`slipway::artifact`).
+    Url { url: String, sha256: String },
+}
+
+/// One step: a plugin and its params.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepConfig {
+    pub plugin: String,
+    pub params: serde_json::Value,
+    #[serde(with = "opt_millis")]
+    pub timeout: Option<Duration>,
+    #[serde(skip)]
+    pub at: Loc,
+    #[serde(skip)]
+    pub params_at: Loc,
+}
+
+/// The `health` step and how it gates.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    pub step: StepConfig,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Consecutive passes that make a release healthy.
+    pub healthy_after: u32,
+    /// Consecutive failures that make it unhealthy.
+    pub unhealthy_after: u32,
+    /// How long a new release is watched before the next environment.
+    #[serde(with = "millis")]
+    pub bake: Duration,
+}
+
+/// `run`: the app as a process the agent supervises.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// What to do when a gate fails in an environment.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Return the environment to its last good release (the default).
+    Rollback,
+    /// Leave the failed release in place for a person to look at.
+    Stop,
+}
+
+/// `[apps.NAME.environments.ENV]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvConfig {
+    pub name: String,
+    pub promote_from: Option<String>,
+    pub run: Option<RunConfig>,
+    pub deploy: Option<StepConfig>,
+    pub smoke: Option<StepConfig>,
+    pub health: Option<HealthConfig>,
+    pub rollback: Option<StepConfig>,
+    pub on_failure: OnFailure,
+    /// Whether a deployment enters this environment on its own or waits for
+    /// `slipway approve`. Gate policy, not what is deployed: not in the spec.
+    #[serde(skip)]
+    pub promote: Promote,
+    /// How long a manual gate waits before the deployment is cancelled.
+    #[serde(skip)]
+    pub approval_timeout: Option<Duration>,
+    /// Steps run before the release is activated (backup, migrations); a
+    /// failure stops the deployment with this environment untouched.
+    pub pre_deploy: Vec<StepConfig>,
+    /// Steps run when this environment is rolled back (restore), after the
+    /// failed release is stopped and before the last good one starts.
+    pub on_rollback: Vec<StepConfig>,
+}
+
+/// `promote` of an environment.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Promote {
+    #[default]
+    Auto,
+    Manual,
+}
+
+impl AppConfig {
+    /// The canonical JSON of what, when changed, makes a new deployment.
+    pub fn spec_json(&self) -> String {
+        serde_json::to_string(self).expect("config serializes")
+    }
+
+    /// Short identity of the desired state: sha256 of [`Self::spec_json`].
+    pub fn spec_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.spec_json().as_bytes()))[..16].to_string()
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&EnvConfig> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+}
+
+impl Config {
+    /// Read and parse a config file (syntax and shape; plugins are checked
+    /// by `slipway::config::check`).
+    pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+        Self::parse(file, &read(file)?)
+    }
+
+    /// Parse config text; `file` names it in errors and anchors relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        match parse::parse(file, text) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The directory relative paths in the config are taken from.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir(&self.file)
+    }
+}
+
+/// Parse what can be parsed: the config without the parts in error (None
+/// only for text that is not TOML), and every error in file order. The
+/// agent checks such a partial config against the plugins too, so plugin and
+/// params problems are reported in the same run as syntax ones.
+pub fn parse_partial(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError>) {
+    parse::parse(file, text)
+}
+
+/// The text of a config file; an unreadable file is a located error too.
+pub fn read(file: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+/// The longest duration the config takes (about 100 years): anything
+/// longer is a typo, and sums of durations (`interval` × `healthy_after`)
+/// must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parse "500ms", "2s", "5m", "1h", "1m30s".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration (examples: 500ms, 2s, 5m, 1h30m)");
+    let too_long = || format!("`{text}` is longer than the longest duration, 100 years");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
+        let unit = match &rest[..unit_len] {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => secs(60),
+            "h" => secs(3600),
+            _ => return Err(bad()),
+        };
+        total = unit
+            .and_then(|unit| total.checked_add(unit))
+            .filter(|total| *total <= MAX_DURATION)
+            .ok_or_else(too_long)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+mod opt_millis {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "5", "s", "5 s", "1.5s", "5x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found writing the config fuzz target (its binary panicked on it):
+    /// `n * 3600` and the sum overflowed (a panic under overflow checks, a
+    /// wrong duration without).
+    #[test]
+    fn huge_durations_are_errors_not_overflows() {
+        for huge in [
+            "18446744073709551615h",
+            "18446744073709551615m",
+            "18446744073709551615s18446744073709551615s",
+            "99999999999999999999ms",
+            "876001h",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(
+                e.contains("longer than the longest duration"),
+                "{huge}: {e}"
+            );
+        }
+        assert_eq!(parse_duration("876000h").unwrap(), super::MAX_DURATION);
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    /// One directory with an `app/` for every test config, so that paths
+    /// (and so spec hashes) are stable within a test run.
+    fn dir() -> &'static Path {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("app")).unwrap();
+            dir
+        })
+        .path()
+    }
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let file = dir().join("slipway.toml");
+        Config::parse(&file, text).map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.message))
+                .collect()
+        })
+    }
+
+    const GOOD: &str = r#"
+[plugins.check]
+source = "builtin:http-check"
+grants = { http = ["127.0.0.1:*"] }
+
+[apps.web]
+version = "1.2.3"
+source = { path = "app" }
+
+[apps.web.environments.production]
+promote_from = "staging"
+run = { command = "./web" }
+health = { plugin = "check", params = { url = "http://127.0.0.1:1/" }, interval = "1s", healthy_after = 2 }
+
+[apps.web.environments.staging]
+run = { command = "./web", env = { PORT = "8081" } }
+"#;
+
+    #[test]
+    fn parses_and_orders_environments_by_promotion() {
+        let config = parse(GOOD).unwrap();
+        let app = &config.apps["web"];
+        assert_eq!(app.version.to_string(), "1.2.3");
+        let order: Vec<&str> = app.environments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(order, ["staging", "production"]);
+        let health = app.environments[1].health.as_ref().unwrap();
+        assert_eq!(
+            health.bake,
+            Duration::from_secs(2),
+            "bake defaults to interval × healthy_after"
+        );
+        assert_eq!(config.plugins["check"].grants.http.len(), 1);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_location() {
+        let text = GOOD
+            .replace("version = \"1.2.3\"", "version = \"1.2\"\nversoin = 1")
+            .replace("interval = \"1s\"", "interval = \"fast\"")
+            .replace("127.0.0.1:*", "127.0.0.1");
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("4:20: `http`: `127.0.0.1`: expected host:port"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with("7:11: `version` `1.2` is not semver"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[2].starts_with("8:1: unknown key `versoin` in [apps.web]"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[3].contains("`interval`: `fast` is not a duration"),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn promotion_cycles_and_unknown_environments_are_errors() {
+        let cycle = GOOD.replace(
+            "[apps.web.environments.staging]\n",
+            "[apps.web.environments.staging]\npromote_from = \"production\"\n",
+        );
+        let errors = parse(&cycle).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("in a cycle")),
+            "{errors:#?}"
+        );
+        let unknown = GOOD.replace("promote_from = \"staging\"", "promote_from = \"qa\"");
+        let errors = parse(&unknown).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("promote_from `qa`: no such environment")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let errors = parse("[apps.web\nversion = 1").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("1:"), "{errors:#?}");
+        assert!(errors[0].contains("invalid TOML"), "{errors:#?}");
+    }
+
+    #[test]
+    fn spec_hash_changes_with_version_and_params_only() {
+        let a = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let b = parse(&GOOD.replace("1.2.3", "1.2.4")).unwrap().apps["web"].spec_hash();
+        let c = parse(&GOOD.replace("127.0.0.1:1/", "127.0.0.1:2/"))
+            .unwrap()
+            .apps["web"]
+            .spec_hash();
+        let same = parse(&GOOD.replace("[plugins.check]", "# a comment\n[plugins.check]"))
+            .unwrap()
+            .apps["web"]
+            .spec_hash();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, same);
+    }
+
+    #[test]
+    fn the_api_stays_on_loopback_unless_remote_is_allowed() {
+        let with = |agent: &str| format!("[agent]\n{agent}\n{GOOD}");
+        let errors = parse(&with("listen = \"0.0.0.0:7171\"")).unwrap_err();
+        assert!(
+            errors[0].starts_with("2:10: `listen` = \"0.0.0.0:7171\" is not a loopback address"),
+            "{errors:#?}"
+        );
+        assert!(errors[0].contains("allow_remote_api = true"), "{errors:#?}");
+        let allowed = parse(&with("listen = \"0.0.0.0:7171\"\nallow_remote_api = true")).unwrap();
+        assert!(allowed.agent.allow_remote_api);
+        let local = parse(&with("listen = \"[::1]:0\"")).unwrap();
+        assert_eq!(local.agent.listen, "[::1]:0");
+        let errors = parse(&with("allow_remote_api = \"yes\"")).unwrap_err();
+        assert!(errors[0].contains("true or false"), "{errors:#?}");
+    }
+
+    #[test]
+    fn manual_gates_and_pre_deploy_steps_parse_with_locations() {
+        let env = "[apps.web.environments.production]\n";
+        let with = |extra: &str| GOOD.replace(env, &format!("{env}{extra}\n"));
+        let config = parse(&with(
+            "promote = \"manual\"\napproval_timeout = \"1h\"\npre_deploy = [{ plugin = \"check\" }, { plugin = \"other\" }]",
+        ))
+        .unwrap();
+        let prod = config.apps["web"]
+            .environment("production")
+            .unwrap()
+            .clone();
+        assert_eq!(prod.promote, Promote::Manual);
+        assert_eq!(prod.approval_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(prod.pre_deploy.len(), 2);
+        let auto = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let gated = parse(&with("promote = \"manual\"")).unwrap().apps["web"].spec_hash();
+        assert_eq!(
+            auto, gated,
+            "a gate is policy, not part of what is deployed"
+        );
+        let errors = parse(&with("promote = \"later\"")).unwrap_err();
+        assert!(
+            errors[0].contains("`promote` must be \"auto\" or \"manual\""),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("approval_timeout = \"1h\"")).unwrap_err();
+        assert!(
+            errors[0].contains("needs `promote = \"manual\"`"),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("pre_deploy = [{ params = {} }]")).unwrap_err();
+        assert!(errors[0].contains("`pre_deploy`[0]"), "{errors:#?}");
+    }
+
+    #[test]
+    fn notify_steps_are_parsed_but_not_part_of_the_spec() {
+        let hook = |url: &str| {
+            GOOD.replace(
+                "source = { path = \"app\" }\n",
+                &format!(
+                    "source = {{ path = \"app\" }}\nnotify = [{{ plugin = \"hook\", params = {{ url = \"{url}\" }} }}, {{ plugin = \"other\" }}]\n"
+                ),
+            )
+        };
+        let config = parse(&hook("http://127.0.0.1:9/a")).unwrap();
+        let app = &config.apps["web"];
+        let plugins: Vec<&str> = app.notify.iter().map(|s| s.plugin.as_str()).collect();
+        assert_eq!(plugins, ["hook", "other"]);
+        assert_eq!(app.notify[0].params["url"], "http://127.0.0.1:9/a");
+        assert_eq!((app.notify[0].at.line, app.notify[0].at.col), (9, 11));
+        let without = parse(GOOD).unwrap().apps["web"].spec_hash();
+        let other_url = parse(&hook("http://127.0.0.1:9/b")).unwrap().apps["web"].spec_hash();
+        assert_eq!(app.spec_hash(), without, "adding notify must not redeploy");
+        assert_eq!(other_url, without, "editing notify must not redeploy");
+
+        let bad = GOOD.replace(
+            "source = { path = \"app\" }\n",
+            "source = { path = \"app\" }\nnotify = { plugin = \"hook\" }\n",
+        );
+        let errors = parse(&bad).unwrap_err();
+        assert!(
+            errors[0].starts_with("9:10: `notify` must be an array of steps"),
+            "{errors:#?}"
+        );
+        let missing = GOOD.replace(
+            "source = { path = \"app\" }\n",
+            "source = { path = \"app\" }\nnotify = [{ params = {} }]\n",
+        );
+        let errors = parse(&missing).unwrap_err();
+        assert!(
+            errors[0].starts_with("9:11: `notify`[0] needs `plugin`"),
+            "{errors:#?}"
+        );
+    }
+
+    /// Found writing the config fuzz target: `interval` × `healthy_after`
+    /// overflowed (a panic), and a count past `u32::MAX` wrapped (4294967296
+    /// became 0: a gate that always passed).
+    #[test]
+    fn huge_health_gates_are_located_errors() {
+        let with = |gate: &str| GOOD.replace("interval = \"1s\", healthy_after = 2", gate);
+        let errors =
+            parse(&with("interval = \"876000h\", healthy_after = 4294967295")).unwrap_err();
+        assert!(
+            errors[0].starts_with("13:10: `interval` × `healthy_after` is longer than 100 years"),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("healthy_after = 4294967296")).unwrap_err();
+        assert!(
+            errors[0].contains("`healthy_after` may be at most 4294967295, not 4294967296"),
+            "{errors:#?}"
+        );
+        let errors = parse(&with("unhealthy_after = 9223372036854775807")).unwrap_err();
+        assert!(
+            errors[0].contains("`unhealthy_after` may be at most"),
+            "{errors:#?}"
+        );
+    }
+
+    /// Found writing the config fuzz target's invariants: an app whose
+    /// `environments` table is empty was accepted, with nowhere to deploy to.
+    #[test]
+    fn an_empty_environments_table_is_an_error() {
+        let start = GOOD.find("[apps.web.environments.production]").unwrap();
+        let text = format!("{}environments = {{}}\n", &GOOD[..start]);
+        let errors = parse(&text).unwrap_err();
+        assert_eq!(
+            errors,
+            ["10:16: [apps.web] has no `[apps.web.environments.ENV]`"],
+            "{text}"
+        );
+    }
+
+    const SHA: &str = "A1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+    fn with_source(source: &str) -> String {
+        GOOD.replace("source = { path = \"app\" }", &format!("source = {source}"))
+    }
+
+    #[test]
+    fn a_url_source_is_pinned_by_its_sha256() {
+        let text = with_source(&format!(
+            "{{ url = \"https://example.com/rel/app-1.2.3.tar.gz\", sha256 = \"{SHA}\" }}"
+        ));
+        let app = &parse(&text).unwrap().apps["web"];
+        assert_eq!(
+            app.source,
+            AppSource::Url {
+                url: "https://example.com/rel/app-1.2.3.tar.gz".into(),
+                sha256: SHA.to_ascii_lowercase(),
+            }
+        );
+        let other_sha = text.replace(&SHA[..4], "ffff");
+        let other_url = text.replace("1.2.3.tar.gz", "1.2.4.tar.gz");
+        let hash = app.spec_hash();
+        assert_ne!(hash, parse(&other_sha).unwrap().apps["web"].spec_hash());
+        assert_ne!(hash, parse(&other_url).unwrap().apps["web"].spec_hash());
+    }
+
+    #[test]
+    fn bad_url_sources_are_located_errors() {
+        let cases = [
+            (
+                format!("{{ url = \"ftp://example.com/app.tgz\", sha256 = \"{SHA}\" }}"),
+                "8:18: `source.url`: `ftp://example.com/app.tgz` is not an http or https URL",
+            ),
+            (
+                format!("{{ url = \"https://example.com/\", sha256 = \"{SHA}\" }}"),
+                "8:18: `source.url`: `https://example.com/` does not end in a file name",
+            ),
+            (
+                "{ url = \"https://example.com/app.tgz\" }".to_string(),
+                "8:10: `source` with `url` needs `sha256`",
+            ),
+            (
+                "{ url = \"https://example.com/app.tgz\", sha256 = \"abc123\" }".to_string(),
+                "8:58: `source.sha256` must be 64 hex digits, not `abc123`",
+            ),
+            (
+                format!(
+                    "{{ url = \"https://example.com/app.tgz\", sha256 = \"{}\" }}",
+                    "g".repeat(64)
+                ),
+                "8:58: `source.sha256` must be 64 hex digits",
+            ),
+            (
+                format!(
+                    "{{ url = \"https://example.com/app.tgz\", sha256 = \"{SHA}\", strip = 1 }}"
+                ),
+                "8:126: unknown key `strip` in `source` (expected one of: path, url, sha256)",
+            ),
+            (
+                format!(
+                    "{{ path = \"app\", url = \"https://example.com/app.tgz\", sha256 = \"{SHA}\" }}"
+                ),
+                "8:32: `source` has both `path` and `url`: keep one",
+            ),
+            (
+                format!("{{ path = \"app\", sha256 = \"{SHA}\" }}"),
+                "8:35: `source.sha256` goes with `url`",
+            ),
+            (
+                "{}".to_string(),
+                "8:10: `source` needs `path` (a directory) or `url` (with `sha256`)",
+            ),
+        ];
+        for (source, expected) in cases {
+            let errors = parse(&with_source(&source)).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{source}: {errors:#?}"
+            );
+        }
+    }
+}
