@@ -31,11 +31,27 @@ pub fn runtime_for(state_dir: &Path) -> Result<Runtime, AgentError> {
     .map_err(AgentError::Startup)
 }
 
+/// Create the state dir (private to the agent's user), or say why the
+/// agent cannot use it: it must be able to create it, and own it to make
+/// it private (then it can write it).
 pub(crate) fn create_state_dir(dir: &Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(|e| AgentError::Startup(format!("state dir {}: {e}", dir.display())))
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = unsafe { libc::geteuid() };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        AgentError::Startup(format!(
+            "cannot create the state dir {}: {e}; create it for the agent's user (uid {uid}) or set `state_dir` to a directory it can write",
+            dir.display()
+        ))
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        let owner = std::fs::metadata(dir)
+            .map(|m| format!("owned by uid {}", m.uid()))
+            .unwrap_or_else(|_| "owner unknown".into());
+        AgentError::Startup(format!(
+            "the state dir {} is not usable by the agent's user (uid {uid}; the dir is {owner}): {e}; run the agent as the dir's owner or `chown -R` it to the agent's user",
+            dir.display()
+        ))
+    })
 }
 
 /// An exclusive hold on a state dir: `flock` on `state_dir/agent.lock`.
@@ -119,8 +135,9 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     // content different from it.
     let text = config::read(config_file)?;
     let mut config = Config::parse(config_file, &text)?;
-    config.resolve_secrets(Resolve::Agent)?;
+    config::resolve_secrets(&mut config, Resolve::Agent)?;
     log_warnings(&config);
+    warn_fault_injection()?;
     let state_dir = config.agent.state_dir.clone();
     create_state_dir(&state_dir)?;
     // Held until `run` returns: one agent per state dir.
@@ -128,8 +145,7 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
         StateLock::acquire(&state_dir, "agent").map_err(|e| AgentError::Startup(e.to_string()))?;
     let runtime = runtime_for(&state_dir)?;
     let plugins = config::check(&config, &runtime).await?;
-    let journal = Journal::open(&state_dir.join("journal.db"))
-        .map_err(|e| AgentError::Startup(e.to_string()))?;
+    let journal = open_journal(&state_dir.join("journal.db"))?;
     let supervisor = Supervisor::new(state_dir.join("run"), config.agent.stop_grace);
     for (pidfile, pid) in supervisor.kill_orphans() {
         tracing::warn!(pidfile = %pidfile, pid, "killed an app process left over from a previous agent");
@@ -176,9 +192,43 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     Ok(())
 }
 
+/// Fault injection is a test tool (see `fault`): refuse a bad value, and
+/// say loudly that it is on before anything is journaled.
+fn warn_fault_injection() -> Result<(), AgentError> {
+    use crate::fault::{CRASH_VAR, ENABLE_VAR, Mode};
+    match crate::fault::mode().map_err(|e| AgentError::Startup(e.to_string()))? {
+        Mode::Off => {}
+        Mode::Count => tracing::warn!(
+            "FAULT INJECTION IS ON ({ENABLE_VAR}=1): every journal transition is numbered on stderr; never set this on a server"
+        ),
+        Mode::CrashAfter(n) => tracing::warn!(
+            "FAULT INJECTION IS ON ({ENABLE_VAR}=1, {CRASH_VAR}={n}): the agent will exit hard after journal transition {n}; never set this on a server"
+        ),
+    }
+    Ok(())
+}
+
+/// The journal, checked whole before the agent trusts it: a damaged file
+/// (a bad disk, a copy cut short) stops the agent with what to do, instead
+/// of deploying from a history that is partly unreadable.
+fn open_journal(path: &Path) -> Result<Journal, AgentError> {
+    use crate::store::StoreError;
+    let damaged = |e: StoreError| {
+        AgentError::Startup(format!(
+            "{e}\nthe agent did not start and changed nothing: put a backup in place with `slipway restore --from BACKUP --force` (it keeps the damaged file beside it); see docs/runbook.md, \"The journal is damaged\""
+        ))
+    };
+    let journal = Journal::open(path).map_err(|e| match e {
+        StoreError::NotADatabase { .. } => damaged(e),
+        e => AgentError::Startup(e.to_string()),
+    })?;
+    journal.check_integrity().map_err(damaged)?;
+    Ok(journal)
+}
+
 /// Apply an edited config, or log why it was refused and keep the last good.
 async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, engine: &Engine) {
-    let checked = match Config::load_checked(file, text, runtime, Resolve::Agent).await {
+    let checked = match config::load_checked(file, text, runtime, Resolve::Agent).await {
         Ok((config, _)) if config.agent.state_dir != state_dir => Err(format!(
             "{}: `state_dir` cannot change while the agent runs (restart it to move state)",
             file.display()
@@ -238,7 +288,7 @@ pub async fn validate(config_file: &Path) -> Result<Validated, AgentError> {
     })
     .map_err(AgentError::Startup)?;
     let (config, plugins) =
-        Config::load_checked(config_file, &text, &runtime, Resolve::Validate).await?;
+        config::load_checked(config_file, &text, &runtime, Resolve::Validate).await?;
     Ok(Validated {
         summary: format!(
             "{}: ok ({} apps, {} plugins)\n",

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod fault;
 pub mod init;
 pub mod logging;
 pub mod metrics;

@@ -49,6 +49,18 @@ pub(crate) struct Shared {
     notifier: notify::Notifier,
     /// The warm health-check instance of each (app, environment).
     warm: Mutex<HashMap<(String, String), WarmSlot>>,
+    /// Deployments running at once (`parallel_deployments`): 200 apps
+    /// deploying together on 2 cores starved their own bake checks into
+    /// timeouts (the load test found it).
+    deploying: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many deployments run at once: twice the cores, at least 4. The
+/// others wait their turn (a deployment waiting at a manual gate does not
+/// hold a turn).
+pub fn parallel_deployments() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).max(4)
 }
 
 type WarmSlot = Arc<tokio::sync::Mutex<Option<crate::runtime::Warm>>>;
@@ -146,6 +158,7 @@ impl Engine {
                 approvals: Mutex::new(HashMap::new()),
                 notifier: notify::Notifier::new(journal.clone()),
                 warm: Mutex::new(HashMap::new()),
+                deploying: Arc::new(tokio::sync::Semaphore::new(parallel_deployments())),
                 journal,
             }),
             workers: Mutex::new(HashMap::new()),
@@ -258,29 +271,9 @@ impl Engine {
         self.shared.notifier.shutdown(NOTIFY_GRACE).await;
         let journal = &self.shared.journal;
         for d in journal.unfinished_deployments().unwrap_or_default() {
-            let mut during = String::new();
-            for step in journal.steps(d.id).unwrap_or_default() {
-                if step.ended_at.is_none() {
-                    during = match &step.environment {
-                        Some(env) => format!(" during its {} step in {env}", step.kind),
-                        None => format!(" during its {} step", step.kind),
-                    };
-                    let _ = journal.finish_step(
-                        step.id,
-                        "interrupted",
-                        "the agent was stopped during this step",
-                        &[],
-                    );
-                }
-            }
             let reason =
-                format!("interrupted: the agent was stopped{during}; redone at the next start");
+                recover::close_interrupted(journal, &d, "stopped", "redone at the next start");
             tracing::warn!(app = %d.app, deployment = d.id, "{reason}");
-            let _ = journal.finish_deployment(
-                d.id,
-                crate::store::DeploymentState::Interrupted,
-                Some(&reason),
-            );
         }
     }
 

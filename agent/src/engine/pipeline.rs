@@ -48,7 +48,22 @@ pub(super) async fn reconcile(
         tracing::debug!(app = %app.name, version = %app.version, "up to date");
         return;
     }
-    let mut run = Deployment::start(shared.clone(), desired.clone(), hash, updates);
+    let turn = match shared.deploying.clone().try_acquire_owned() {
+        Ok(turn) => turn,
+        Err(_) => {
+            tracing::info!(app = %app.name, version = %app.version,
+                "waiting for a deployment slot ({} run at once)", super::parallel_deployments());
+            let Ok(turn) = shared.deploying.clone().acquire_owned().await else {
+                return;
+            };
+            // A newer config came while waiting: the worker deploys that.
+            if updates.has_changed().unwrap_or(true) {
+                return;
+            }
+            turn
+        }
+    };
+    let mut run = Deployment::start(shared.clone(), desired.clone(), hash, updates, turn);
     match run.as_mut() {
         Ok(d) => d.run().await,
         Err(e) => tracing::error!(app = %app.name, error = %e, "could not start a deployment"),
@@ -78,6 +93,9 @@ struct Deployment {
     updates: watch::Receiver<Option<Desired>>,
     /// The environment being promoted, for notifications.
     env: Option<String>,
+    /// This deployment's turn among those running at once; given back
+    /// while it waits at a manual gate.
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Why a deployment stopped before the end.
@@ -95,6 +113,7 @@ impl Deployment {
         desired: Desired,
         hash: String,
         updates: watch::Receiver<Option<Desired>>,
+        turn: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Self, String> {
         let app = &desired.app;
         let id = shared
@@ -114,6 +133,7 @@ impl Deployment {
             id,
             updates,
             env: None,
+            turn: Some(turn),
         })
     }
 
@@ -167,9 +187,11 @@ impl Deployment {
         for env in self.desired.app.environments.clone() {
             self.env = Some(env.name.clone());
             if env.promote == Promote::Manual {
+                self.turn = None;
                 self.await_approval(&env, release).await.inspect_err(|_| {
                     metrics.deployment(self.app(), &env.name, "cancelled");
                 })?;
+                self.turn = self.shared.deploying.clone().acquire_owned().await.ok();
             }
             if let Err(reason) = self.pre_deploy(&env, release).await {
                 metrics.deployment(self.app(), &env.name, "failed");
@@ -181,11 +203,19 @@ impl Deployment {
             metrics.deployment(self.app(), &env.name, "started");
             if let Err(reason) = self.promote(&env, release).await {
                 let rolled_back = self.gate_failed(&env, release).await;
-                let state = if rolled_back { "rolled_back" } else { "failed" };
+                let state = if rolled_back.is_ok() {
+                    "rolled_back"
+                } else {
+                    "failed"
+                };
                 metrics.deployment(self.app(), &env.name, state);
+                let reason = match &rolled_back {
+                    Ok(()) => format!("{}: {reason}", env.name),
+                    Err(why) => format!("{}: {reason}\nnot rolled back: {why}", env.name),
+                };
                 return Err(Stop::Failed {
-                    reason: format!("{}: {reason}", env.name),
-                    rolled_back,
+                    reason,
+                    rolled_back: rolled_back.is_ok(),
                 });
             }
             metrics.deployment(self.app(), &env.name, "succeeded");
@@ -285,16 +315,17 @@ impl Deployment {
 
     fn fail_as(&self, state: DeploymentState, reason: &str) {
         tracing::warn!(app = %self.app(), deployment = self.id, state = %state, reason = %reason, "deployment failed");
-        self.finish(state, Some(reason));
-        let rolled_back = state == DeploymentState::RolledBack;
-        self.notify(State::after_rollback(rolled_back), reason);
+        // The end and the pin together: an ended, unpinned failure would
+        // be deployed again by the next start.
         if let Err(e) = self
             .shared
             .journal
-            .pin(self.app(), &self.hash, reason, self.id)
+            .finish_deployment_pinned(self.id, state, reason, &self.hash)
         {
-            tracing::error!(error = %e, "could not pin the failed version");
+            tracing::error!(deployment = self.id, error = %e, "could not record the end of the deployment and pin the failed version");
         }
+        let rolled_back = state == DeploymentState::RolledBack;
+        self.notify(State::after_rollback(rolled_back), reason);
     }
 
     /// Tell the app's `notify` steps, in the background.
@@ -509,10 +540,10 @@ impl Deployment {
 
     /// Return a failed environment to its last good release (or leave it,
     /// with `on_failure = "stop"`).
-    async fn gate_failed(&self, env: &EnvConfig, failed: &ReleaseRef) -> bool {
+    async fn gate_failed(&self, env: &EnvConfig, failed: &ReleaseRef) -> Result<(), String> {
         if env.on_failure == OnFailure::Stop {
             tracing::warn!(app = %self.app(), env = %env.name, "gate failed; on_failure = stop: leaving the release in place");
-            return false;
+            return Err("on_failure = stop: the release was left in place".into());
         }
         let last_good = self.env_release(&env.name, |s| s.last_good_release.clone());
         rollback(
@@ -583,13 +614,25 @@ impl Deployment {
         let Ok(releases) = journal.releases(self.app()) else {
             return;
         };
-        let in_use: Vec<String> = journal
+        let states: Vec<_> = journal
             .env_states()
             .unwrap_or_default()
             .into_iter()
             .filter(|s| s.app == self.app())
+            .collect();
+        // What runs, what a failed gate goes back to, and what the health
+        // guard would roll what runs back to.
+        let guard_targets: Vec<String> = states
+            .iter()
+            .filter_map(|s| s.current_release.as_deref())
+            .filter_map(|c| super::guard::guard_target(&self.shared, self.app(), c))
+            .map(|r| r.id)
+            .collect();
+        let in_use: Vec<String> = states
+            .into_iter()
             .flat_map(|s| [s.current_release, s.last_good_release])
             .flatten()
+            .chain(guard_targets)
             .collect();
         for old in releases.iter().skip(self.desired.app.keep_releases) {
             if in_use.contains(&old.id) {
@@ -607,8 +650,9 @@ impl Deployment {
     }
 }
 
-/// Put `env` back on `target` (or stop it if there is none), then check its
-/// health once more. True if the environment now runs `target`.
+/// Put `env` back on `target` (or stop it if there is none, or if it can no
+/// longer start), then check its health once more. Ok if the environment
+/// now runs `target`; otherwise why not, for the deployment's reason.
 pub(super) async fn rollback(
     shared: &Arc<Shared>,
     desired: &Desired,
@@ -616,20 +660,34 @@ pub(super) async fn rollback(
     failed: &ReleaseRef,
     target: Option<&ReleaseRef>,
     deployment: Option<i64>,
-) -> bool {
+) -> Result<(), String> {
     let app = &desired.app.name;
     let journal = &shared.journal;
-    let Some(target) = target.filter(|t| t.id != failed.id) else {
-        tracing::warn!(app = %app, env = %env.name, "no earlier good release: stopping the environment");
+    let stop = |why: String| async move {
+        tracing::warn!(app = %app, env = %env.name, "{why}: stopping the environment");
         let _ = journal.set_current_release(app, &env.name, None, deployment, "stopped");
         let _ = shared.supervisor.stop(app, &env.name).await;
-        return false;
+        Err(format!("{why}; {} was stopped", env.name))
     };
-    if let Err(e) =
-        journal.set_current_release(app, &env.name, Some(&target.id), deployment, "rolled-back")
-    {
+    let Some(target) = target.filter(|t| t.id != failed.id) else {
+        return stop("no earlier good release".to_string()).await;
+    };
+    // Never record (or report) a rollback to a release that cannot run:
+    // its directory or binary may have been deleted under the agent.
+    if let Err(why) = startable(shared, app, env, target) {
+        return stop(format!(
+            "the last good release {} cannot start: {why}",
+            target.id
+        ))
+        .await;
+    }
+    // The target becomes the last good release in the same transaction
+    // (it passed its gates before): see `Journal::roll_back_to`.
+    if let Err(e) = journal.roll_back_to(app, &env.name, &target.id, deployment, "rolled-back") {
         tracing::error!(error = %e, "could not record the rollback; not acting on it");
-        return false;
+        return Err(format!(
+            "could not record the rollback, so it was not done: {e}"
+        ));
     }
     tracing::warn!(app = %app, env = %env.name, from = %failed.id, to = %target.id, "rolling back");
     if !env.on_rollback.is_empty() {
@@ -687,8 +745,11 @@ pub(super) async fn rollback(
             .start(app, &env.name, &target.id, spec)
             .await
         {
-            tracing::error!(app = %app, env = %env.name, error = %e, "could not restart the last good release");
-            return true;
+            return stop(format!(
+                "could not restart the last good release {}: {e}",
+                target.id
+            ))
+            .await;
         }
     }
     if let Some(health) = &env.health {
@@ -730,7 +791,28 @@ pub(super) async fn rollback(
             tracing::error!(app = %app, env = %env.name, release = %target.id, "rolled back, but the last good release is not healthy either");
         }
     }
-    true
+    Ok(())
+}
+
+/// Whether `release` could run in `env` now: its directory is there and,
+/// for a supervised app, its command is an executable file in it.
+pub(super) fn startable(
+    shared: &Shared,
+    app: &str,
+    env: &EnvConfig,
+    release: &ReleaseRef,
+) -> Result<(), String> {
+    if !release.dir.is_dir() {
+        return Err(format!("its directory {} is gone", release.dir.display()));
+    }
+    if let Some(run) = &env.run {
+        let spec = run_spec(&shared.state_dir, app, env, run, release);
+        shared
+            .supervisor
+            .check(app, &env.name, &spec)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Run one step of a plugin and journal it (start, end, outcome, logs).
@@ -909,6 +991,17 @@ pub(super) fn describe(outcome: &StepOutcome) -> (&'static str, String) {
 pub(super) fn log_outcome(plugin: &Plugin, request: &StepRequest, outcome: &StepOutcome) {
     let (result, message) = describe(outcome);
     let l = &request.labels;
+    // The health guard's routine passes (no deployment; every `interval`
+    // for every environment: 400 lines a second for 200 apps) are debug;
+    // they are counted in /metrics and the latest shows in `slipway status`.
+    if l.deployment.is_empty() && result == "healthy" {
+        tracing::debug!(
+            app = %l.app, env = %l.environment, step = %l.kind, plugin = %plugin.info().name,
+            result, took_ms = outcome.duration.as_millis() as u64,
+            "{}", message.lines().next().unwrap_or("")
+        );
+        return;
+    }
     tracing::info!(
         app = %l.app, env = %l.environment, deployment = %l.deployment, step = %l.kind,
         plugin = %plugin.info().name, result, took_ms = outcome.duration.as_millis() as u64,

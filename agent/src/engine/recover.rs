@@ -13,7 +13,7 @@
 use super::Shared;
 use super::pipeline::{release_ref, run_spec};
 use crate::config::Config;
-use crate::store::DeploymentState;
+use crate::store::{Deployment, DeploymentState, Journal};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,13 +22,13 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
     match journal.unfinished_deployments() {
         Ok(list) => {
             for d in list {
-                tracing::warn!(app = %d.app, deployment = d.id, version = %d.version,
-                    "deployment was interrupted by an agent stop; it will be redone");
-                let _ = journal.finish_deployment(
-                    d.id,
-                    DeploymentState::Interrupted,
-                    Some("interrupted: the agent stopped during this deployment"),
+                let reason = close_interrupted(
+                    journal,
+                    &d,
+                    "stopped abruptly (a crash, kill -9 or power loss)",
+                    "redone now",
                 );
+                tracing::warn!(app = %d.app, deployment = d.id, version = %d.version, "{reason}");
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot read unfinished deployments"),
@@ -74,10 +74,54 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
             let spec = run_spec(&shared.state_dir, app, env_cfg, run, &target);
             match shared.supervisor.start(app, env, &target.id, spec).await {
                 Ok(()) => tracing::info!(app = %app, env = %env, release = %target.id, "started"),
-                Err(e) => tracing::error!(app = %app, env = %env, error = %e, "could not start"),
+                Err(e) => {
+                    // Like a release whose directory is gone: recorded as
+                    // stopped, so the reconciler deploys the config's
+                    // version again instead of trusting a release that
+                    // cannot run (its binary deleted, say).
+                    tracing::error!(app = %app, env = %env, release = %target.id, error = %e,
+                        "could not start: recorded as stopped; the config's version is deployed again");
+                    let _ = journal.set_current_release(
+                        app,
+                        env,
+                        None,
+                        None,
+                        "stopped (could not start)",
+                    );
+                }
             }
         }
     }
+}
+
+/// Record an unfinished deployment as interrupted: first each step still
+/// open (so no step of an ended deployment stays open, which the crash
+/// matrix found after a crash: only a clean stop closed them), then the
+/// deployment, with the step it was in. Returns the reason recorded.
+pub(super) fn close_interrupted(
+    journal: &Journal,
+    d: &Deployment,
+    stopped: &str,
+    redone: &str,
+) -> String {
+    let mut during = String::new();
+    for step in journal.steps(d.id).unwrap_or_default() {
+        if step.ended_at.is_none() {
+            during = match &step.environment {
+                Some(env) => format!(" during its {} step in {env}", step.kind),
+                None => format!(" during its {} step", step.kind),
+            };
+            let _ = journal.finish_step(
+                step.id,
+                "interrupted",
+                &format!("the agent was {stopped} during this step"),
+                &[],
+            );
+        }
+    }
+    let reason = format!("interrupted: the agent was {stopped}{during}; {redone}");
+    let _ = journal.finish_deployment(d.id, DeploymentState::Interrupted, Some(&reason));
+    reason
 }
 
 /// Mark the releases whose directory is gone as removed (no rollback or
@@ -118,5 +162,36 @@ fn forget_missing_releases(shared: &Shared) {
         {
             let _ = journal.clear_last_good_release(app, env);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_deployment_leaves_no_step_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
+        let id = journal.start_deployment("web", "2", "h", "{}").unwrap();
+        let build = journal.start_step(id, None, "build", "command", 1).unwrap();
+        journal.finish_step(build, "ok", "", &[]).unwrap();
+        let smoke = journal
+            .start_step(id, Some("staging"), "smoke-test", "http-check", 1)
+            .unwrap();
+        let d = journal.deployment(id).unwrap().unwrap();
+        let reason = close_interrupted(&journal, &d, "stopped abruptly", "redone now");
+        assert_eq!(
+            reason,
+            "interrupted: the agent was stopped abruptly during its smoke-test step in staging; redone now"
+        );
+        let steps = journal.steps(id).unwrap();
+        assert!(steps.iter().all(|s| s.ended_at.is_some()), "{steps:?}");
+        let cut = steps.iter().find(|s| s.id == smoke).unwrap();
+        assert_eq!(cut.outcome.as_deref(), Some("interrupted"));
+        let d = journal.deployment(id).unwrap().unwrap();
+        assert_eq!(d.state, DeploymentState::Interrupted);
+        assert_eq!(d.reason.as_deref(), Some(reason.as_str()));
+        assert!(journal.unfinished_deployments().unwrap().is_empty());
     }
 }

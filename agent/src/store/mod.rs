@@ -464,6 +464,51 @@ impl Journal {
         })
     }
 
+    /// Record that a rollback of `release` starts, as a deployment of its
+    /// own already naming that release, and with `pin` pin the spec as bad
+    /// (reason), all in one transaction: the decision is made, so a crash
+    /// before the rollback ends must neither redeploy the bad spec nor leave
+    /// a deployment that does not say which release it moved away from.
+    pub fn start_rollback(
+        &self,
+        app: &str,
+        version: &str,
+        spec_hash: &str,
+        spec_json: &str,
+        release_id: &str,
+        pin: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.write("start_rollback", |tx| {
+            let at = now_ms();
+            tx.execute(
+                "INSERT INTO deployments (app, version, spec_hash, spec_json, release_id, state, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    app,
+                    version,
+                    spec_hash,
+                    spec_json,
+                    release_id,
+                    DeploymentState::Running,
+                    at
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            if let Some(reason) = pin {
+                tx.execute(
+                    "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (app, spec_hash) DO UPDATE
+                     SET reason = excluded.reason,
+                         deployment_id = excluded.deployment_id,
+                         at = excluded.at",
+                    params![app, spec_hash, reason, id, at],
+                )?;
+            }
+            Ok(id)
+        })
+    }
+
     /// Record which release a deployment built (the release must be recorded).
     pub fn set_deployment_release(&self, id: i64, release_id: &str) -> Result<(), StoreError> {
         self.write("set_deployment_release", |tx| {
@@ -492,18 +537,60 @@ impl Journal {
             });
         }
         self.write("finish_deployment", |tx| {
-            let n = tx.execute(
-                "UPDATE deployments SET state = ?2, reason = ?3, ended_at = ?4
-                 WHERE id = ?1 AND state = 'running'",
-                params![id, state, reason, now_ms()],
+            self.end_deployment(tx, id, state, reason)
+        })
+    }
+
+    /// Record how a failed deployment ended and pin its app's `spec_hash`
+    /// as bad, in one transaction: with two, a crash between them left a
+    /// rolled-back deployment unpinned, and the next start deployed the
+    /// bad version again (the crash matrix found it).
+    pub fn finish_deployment_pinned(
+        &self,
+        id: i64,
+        state: DeploymentState,
+        reason: &str,
+        spec_hash: &str,
+    ) -> Result<(), StoreError> {
+        if state == DeploymentState::Running {
+            return Err(StoreError::NotAnEndState {
+                path: self.path.clone(),
+                id,
+            });
+        }
+        self.write("finish_deployment_pinned", |tx| {
+            self.end_deployment(tx, id, state, Some(reason))?;
+            tx.execute(
+                "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
+                 SELECT app, ?2, ?3, id, ?4 FROM deployments WHERE id = ?1
+                 ON CONFLICT (app, spec_hash) DO UPDATE
+                 SET reason = excluded.reason,
+                     deployment_id = excluded.deployment_id,
+                     at = excluded.at",
+                params![id, spec_hash, reason, now_ms()],
             )?;
-            if n == 0 {
-                return Err(self
-                    .why_not_updated(tx, "deployments", "deployment", id)?
-                    .into());
-            }
             Ok(())
         })
+    }
+
+    fn end_deployment(
+        &self,
+        tx: &Transaction<'_>,
+        id: i64,
+        state: DeploymentState,
+        reason: Option<&str>,
+    ) -> Result<(), Fail> {
+        let n = tx.execute(
+            "UPDATE deployments SET state = ?2, reason = ?3, ended_at = ?4
+             WHERE id = ?1 AND state = 'running'",
+            params![id, state, reason, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(self
+                .why_not_updated(tx, "deployments", "deployment", id)?
+                .into());
+        }
+        Ok(())
     }
 
     /// One deployment by id.
@@ -783,16 +870,14 @@ impl Journal {
 
     /// What one environment runs now, if the journal has heard of it.
     pub fn env_state(&self, app: &str, env: &str) -> Result<Option<EnvState>, StoreError> {
+        // Cached: the health guard asks this before every check.
         self.read("env_state", |conn| {
             Ok(conn
-                .query_row(
-                    &format!(
-                        "SELECT {ENV_COLUMNS} FROM environments
-                         WHERE app = ?1 AND environment = ?2"
-                    ),
-                    params![app, env],
-                    env_row,
-                )
+                .prepare_cached(&format!(
+                    "SELECT {ENV_COLUMNS} FROM environments
+                     WHERE app = ?1 AND environment = ?2"
+                ))?
+                .query_row(params![app, env], env_row)
                 .optional()?)
         })
     }
@@ -826,6 +911,38 @@ impl Journal {
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (app, environment) DO UPDATE
                  SET current_release = excluded.current_release,
+                     updated_at = excluded.updated_at",
+                params![app, env, release, at],
+            )?;
+            tx.execute(
+                "INSERT INTO env_history (app, environment, release_id, deployment_id, event, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![app, env, release, deployment_id, event, at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Put an environment back on `release`, a release that passed its gates
+    /// before, and make it the one to roll back to, in one transaction: a
+    /// crash between the two would leave the journal saying the failed
+    /// release is the good one, and recovery would restart it.
+    pub fn roll_back_to(
+        &self,
+        app: &str,
+        env: &str,
+        release: &str,
+        deployment_id: Option<i64>,
+        event: &str,
+    ) -> Result<(), StoreError> {
+        self.write("roll_back_to", |tx| {
+            let at = now_ms();
+            tx.execute(
+                "INSERT INTO environments (app, environment, current_release, last_good_release, updated_at)
+                 VALUES (?1, ?2, ?3, ?3, ?4)
+                 ON CONFLICT (app, environment) DO UPDATE
+                 SET current_release = excluded.current_release,
+                     last_good_release = excluded.last_good_release,
                      updated_at = excluded.updated_at",
                 params![app, env, release, at],
             )?;
@@ -1113,7 +1230,12 @@ impl Journal {
             tx.commit()?;
             Ok(value)
         };
-        run().map_err(|e| self.error(op, e))
+        let result = run();
+        let value = result.map_err(|e| self.error(op, with_os_cause(&conn, e)))?;
+        // Still holding the connection: the crash matrix numbers transitions
+        // in commit order, and an injected crash lets nothing commit after.
+        crate::fault::transition(op);
+        Ok(value)
     }
 
     fn error(&self, op: &'static str, fail: Fail) -> StoreError {
@@ -1161,6 +1283,29 @@ impl Journal {
         } else {
             self.not_found(what, id)
         })
+    }
+}
+
+/// SQLite reports a failed write as "disk I/O error" or "database or disk
+/// is full"; the OS error behind it (ENOSPC, EFBIG, EROFS, EIO) is what an
+/// operator can act on, so it joins the message.
+fn with_os_cause(conn: &Connection, fail: Fail) -> Fail {
+    match fail {
+        Fail::Sql(rusqlite::Error::SqliteFailure(code, message))
+            if matches!(code.code, ErrorCode::SystemIoFailure | ErrorCode::DiskFull) =>
+        {
+            // SAFETY: the handle of this open connection, used under its
+            // mutex on this thread, right after the failed call.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            let what =
+                message.unwrap_or_else(|| rusqlite::ffi::code_to_str(code.extended_code).into());
+            let message = match errno {
+                0 => what,
+                errno => format!("{what}: {}", std::io::Error::from_raw_os_error(errno)),
+            };
+            Fail::Sql(rusqlite::Error::SqliteFailure(code, Some(message)))
+        }
+        other => other,
     }
 }
 
@@ -1577,6 +1722,31 @@ mod tests {
         assert!(!j.unpin("web", "h1").unwrap());
         assert!(j.pin_for("web", "h1").unwrap().is_none());
         assert_eq!(j.pins("web").unwrap()[0].spec_hash, "h2");
+    }
+
+    #[test]
+    fn a_failed_deployment_ends_and_pins_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(&dir);
+        let d = j.start_deployment("web", "2", "h2", "{}").unwrap();
+        j.finish_deployment_pinned(d, DeploymentState::RolledBack, "unhealthy", "h2")
+            .unwrap();
+        let ended = j.deployment(d).unwrap().unwrap();
+        assert_eq!(ended.state, DeploymentState::RolledBack);
+        assert_eq!(ended.reason.as_deref(), Some("unhealthy"));
+        let pin = j.pin_for("web", "h2").unwrap().unwrap();
+        assert_eq!((pin.reason.as_str(), pin.deployment_id), ("unhealthy", d));
+        // Both or neither: an ended deployment is refused, and pins nothing.
+        let err = j
+            .finish_deployment_pinned(d, DeploymentState::Failed, "again", "h3")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyFinished { .. }), "{err}");
+        assert!(j.pin_for("web", "h3").unwrap().is_none());
+        assert!(
+            j.finish_deployment_pinned(99, DeploymentState::Failed, "x", "h4")
+                .is_err()
+        );
+        assert!(j.pins("web").unwrap().len() == 1);
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! - `1.2.0`: healthy;
 //! - `1.2.0-broken`: `/` answers 500, so the smoke test stops it in staging;
 //! - `1.2.0-sick`: passes the smoke test, then `/healthz` turns 503 three
-//!   seconds after start, so the health gate rolls it back.
+//!   seconds after start, so the health gate rolls it back. The delay is
+//!   `HELLO_SICK_AFTER_MS` (milliseconds, default 3000) when set: `0` makes
+//!   it unhealthy from the first check, so one environment's gate can fail
+//!   at once while another's passes.
 //!
 //! Std only, so it builds with plain `rustc` in about a second.
 
@@ -29,15 +32,19 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let sick_after = std::env::var("HELLO_SICK_AFTER_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_secs(3), Duration::from_millis);
     println!("hello {VERSION} ({env}) listening on 127.0.0.1:{port}");
     let started = Instant::now();
     for stream in listener.incoming().flatten() {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        handle(stream, started, &env);
+        handle(stream, started, sick_after, &env);
     }
 }
 
-fn handle(stream: TcpStream, started: Instant, env: &str) {
+fn handle(stream: TcpStream, started: Instant, sick_after: Duration, env: &str) {
     let mut reader = BufReader::new(&stream);
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {
@@ -48,7 +55,7 @@ fn handle(stream: TcpStream, started: Instant, env: &str) {
         line.clear();
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let sick = VERSION.ends_with("-sick") && started.elapsed() > Duration::from_secs(3);
+    let sick = VERSION.ends_with("-sick") && started.elapsed() >= sick_after;
     let (status, body) = match path {
         "/" if VERSION.ends_with("-broken") => {
             (500, format!("hello {VERSION}: broken on purpose\n"))

@@ -1,0 +1,550 @@
+//! The crash matrix: the quickstart deployed by the real `slipway` binary,
+//! which exits hard (fault injection, `agent/src/fault.rs`) right after its
+//! Nth journal transition, for every N a deployment has. After each crash
+//! the agent is started again normally and, once the app has settled, the
+//! journal and the server must agree: nothing left open in the journal,
+//! production on a release that passed staging (by the journal's own
+//! staging steps), each environment served by exactly one process running
+//! the release the journal names, nothing left running once the agent
+//! stops, and the same outcome as without a crash.
+//!
+//! Two walks, run in parallel: a deployment that ships (build, staging
+//! smoke and bake, production smoke and bake), and one that passes staging
+//! and fails production's health gate, so production is rolled back to its
+//! last good release and the version is pinned. Each walk first deploys
+//! once with injection on but no crash, to count its transitions T and
+//! learn their order; then, for each N in 1..=T, it deploys the next
+//! version with a crash after transition N. Bakes are one check long and
+//! one release is kept, so every deployment has the same transitions.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use slipway::store::{Deployment, DeploymentState, Journal};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::quickstart::*;
+
+/// The exit status of an injected crash (`slipway::fault::CRASH_EXIT_CODE`).
+const CRASH_EXIT: i32 = slipway::fault::CRASH_EXIT_CODE;
+
+/// The quickstart with one-check bakes, one kept release, and `-sick`
+/// versions that stay well in staging but are unhealthy at once in
+/// production (`HELLO_SICK_AFTER_MS`, see the example app).
+struct Walk {
+    q: Quickstart,
+    name: &'static str,
+    /// Production's `HELLO_SICK_AFTER_MS`: "0" fails its gate at once; a
+    /// delay longer than the bake lets it pass, and the guard catches it.
+    production_sick_after_ms: &'static str,
+}
+
+const BAKE: &str = r#"interval = "100ms", healthy_after = 1, unhealthy_after = 1, bake = "100ms""#;
+
+impl Walk {
+    fn new(name: &'static str) -> Self {
+        Self::with_sick_after(name, "0")
+    }
+
+    fn with_sick_after(name: &'static str, production_sick_after_ms: &'static str) -> Self {
+        let walk = Self {
+            q: Quickstart::new(),
+            name,
+            production_sick_after_ms,
+        };
+        let text = walk.text("1.0.0");
+        assert_eq!(
+            (
+                text.matches(BAKE).count(),
+                text.matches("HELLO_SICK").count(),
+                text.matches("keep_releases = 1").count()
+            ),
+            (2, 2, 1),
+            "the quickstart config changed shape:\n{text}"
+        );
+        walk
+    }
+
+    fn text(&self, version: &str) -> String {
+        let (s, p) = (self.q.staging, self.q.production);
+        self.q
+            .config_text(version)
+            .replace(
+                r#"interval = "500ms", healthy_after = 2, bake = "1s""#,
+                BAKE,
+            )
+            .replace(
+                r#"interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s""#,
+                BAKE,
+            )
+            .replace("keep_releases = 2", "keep_releases = 1")
+            .replace(
+                &format!(r#"PORT = "{s}" }}"#),
+                &format!(r#"PORT = "{s}", HELLO_SICK_AFTER_MS = "3600000" }}"#),
+            )
+            .replace(
+                &format!(r#"PORT = "{p}" }}"#),
+                &format!(
+                    r#"PORT = "{p}", HELLO_SICK_AFTER_MS = "{}" }}"#,
+                    self.production_sick_after_ms
+                ),
+            )
+    }
+
+    fn set_version(&self, version: &str) {
+        self.q.save(&self.text(version));
+    }
+
+    fn journal(&self) -> Journal {
+        self.q.journal()
+    }
+
+    fn releases(&self) -> PathBuf {
+        self.q.dir.path().join("state/releases")
+    }
+
+    /// The agent; `fault`: `None` for a normal one, `Some(None)` to count
+    /// transitions, `Some(Some(n))` to crash after transition n.
+    fn start(&self, fault: Option<Option<u64>>) -> Agent {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self
+            .q
+            .dir
+            .path()
+            .join(format!("agent-{}-{n}.log", self.name));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        cmd.args(["agent", "-c"])
+            .arg(self.q.config())
+            .env_remove(slipway::fault::ENABLE_VAR)
+            .env_remove(slipway::fault::CRASH_VAR)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(crash) = fault {
+            cmd.env(slipway::fault::ENABLE_VAR, "1");
+            if let Some(n) = crash {
+                cmd.env(slipway::fault::CRASH_VAR, n.to_string());
+            }
+        }
+        Agent {
+            child: cmd.spawn().expect("starting the agent"),
+            log,
+        }
+    }
+
+    /// Deploy `version` without a crash; return the deployment.
+    fn deploy(&self, version: &str) -> Deployment {
+        self.set_version(version);
+        let agent = self.start(None);
+        let d = wait_deployment_end(&self.q, &agent, version);
+        agent.terminate();
+        d
+    }
+
+    /// Deploy `version` counting transitions, check it ends as `outcome`;
+    /// the ops in commit order.
+    fn count(&self, version: &str, outcome: &Outcome) -> Vec<String> {
+        self.set_version(version);
+        let agent = self.start(Some(None));
+        settle(self, &agent, version, outcome, "without a crash");
+        // Stopped before reading: what follows the end (pruning) is in.
+        let log = agent.log.clone();
+        agent.terminate();
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(
+            log.contains("FAULT INJECTION IS ON"),
+            "the agent warns that fault injection is on:\n{log}"
+        );
+        log.lines()
+            .filter_map(|l| l.strip_prefix("fault injection: journal transition "))
+            .enumerate()
+            .map(|(i, rest)| {
+                let (n, op) = rest.split_once(' ').expect("N (op)");
+                assert_eq!(n.parse::<usize>().unwrap(), i + 1, "numbered in order");
+                op.trim_matches(['(', ')']).to_string()
+            })
+            .collect()
+    }
+}
+
+/// Wait until `check` holds (the redone deployment ends, the processes
+/// listen); fail with what does not hold, `at` and the agent's log.
+fn settle(w: &Walk, agent: &Agent, version: &str, outcome: &Outcome, at: &str) {
+    let start = Instant::now();
+    let mut why = String::new();
+    while start.elapsed() < Duration::from_secs(90) {
+        match check(w, version, outcome) {
+            Ok(()) => return,
+            Err(e) => why = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{at}: not consistent: {why}\n--- agent log ---\n{}",
+        agent.log()
+    );
+}
+
+/// How a walk's deployment must end, as it did without a crash.
+#[derive(Clone)]
+struct Outcome {
+    state: DeploymentState,
+    /// Production's release: `None` for the deployment's own release, or
+    /// the last good one it is rolled back to.
+    production: Option<String>,
+    pinned: bool,
+    /// The deployment succeeds and the health guard then rolls production
+    /// back in a deployment of its own, which is the one that must end as
+    /// `state` (an interrupted guard rollback may redo the whole version).
+    guard: bool,
+}
+
+/// Walk N over every transition of deploying the versions `version(N)`,
+/// from transition `from` on.
+fn walk(
+    w: &Walk,
+    ops: &[String],
+    from: usize,
+    version: impl Fn(usize) -> String,
+    outcome: &Outcome,
+) {
+    for (i, op) in ops.iter().enumerate().skip(from - 1) {
+        let n = i + 1;
+        let at = format!("{}: crash after transition {n} ({op})", w.name);
+        let version = version(n);
+        let started = Instant::now();
+        w.set_version(&version);
+        let mut agent = w.start(Some(Some(n as u64)));
+        let status = wait_exit(&mut agent, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{at}: the agent did not exit\n{}", agent.log()));
+        let log = agent.log();
+        assert_eq!(status.code(), Some(CRASH_EXIT), "{at}: exit status\n{log}");
+        assert!(
+            log.contains(&format!(
+                "fault injection: exiting after journal transition {n} ({op})"
+            )),
+            "{at}: the agent crashed elsewhere (the transitions differ from the counting run)\n{log}"
+        );
+        drop(agent);
+
+        let agent = w.start(None);
+        settle(w, &agent, &version, outcome, &at);
+        eprintln!("{at}: recovered ({} ms)", started.elapsed().as_millis());
+        agent.terminate();
+        let left = app_processes(&w.releases());
+        assert!(
+            left.is_empty(),
+            "{at}: app processes outlive the agent: {left:?}"
+        );
+    }
+}
+
+/// The journal and the server agree, and the deployment of `version` ended
+/// as `outcome` says; otherwise what does not hold.
+fn check(w: &Walk, version: &str, outcome: &Outcome) -> Result<(), String> {
+    let j = w.journal();
+    let err = |e: slipway::store::StoreError| e.to_string();
+    let unfinished = j.unfinished_deployments().map_err(err)?;
+    if !unfinished.is_empty() {
+        return Err(format!("deployments still running: {unfinished:?}"));
+    }
+    let all = j.deployments(Some("hello"), 1000).map_err(err)?;
+    for d in &all {
+        let open: Vec<_> = j
+            .steps(d.id)
+            .map_err(err)?
+            .into_iter()
+            .filter(|s| s.ended_at.is_none() || s.outcome.is_none())
+            .collect();
+        if !open.is_empty() {
+            return Err(format!(
+                "deployment {} ({}) has steps left open: {open:?}",
+                d.id, d.state
+            ));
+        }
+    }
+    // The crashed deployment is interrupted and redone once: exactly one
+    // deployment of this version ended otherwise, as without a crash.
+    let ended: Vec<&Deployment> = all
+        .iter()
+        .filter(|d| d.version == version && d.state != DeploymentState::Interrupted)
+        .collect();
+    let last = match ended[..] {
+        [last] => last,
+        // Newest first: the guard's rollback, after the deployment(s) it
+        // rolled back, each of which succeeded.
+        [last, ref before @ ..]
+            if outcome.guard && before.iter().all(|d| d.state == DeploymentState::Succeeded) =>
+        {
+            last
+        }
+        _ => {
+            return Err(format!(
+                "{} deployments of {version} did not end interrupted (want exactly 1): {ended:?}",
+                ended.len()
+            ));
+        }
+    };
+    // A guard rollback cut after it had put production back stays
+    // `interrupted` (the restart finds production on its last good release
+    // and nothing left to do); production and the pin are checked below.
+    let cut_after_acting = outcome.guard
+        && last.state == DeploymentState::Succeeded
+        && all.iter().any(|d| {
+            d.version == version && d.state == DeploymentState::Interrupted && d.id > last.id
+        });
+    if outcome.guard
+        && !cut_after_acting
+        && !last
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("production: turned unhealthy after promotion"))
+    {
+        return Err(format!(
+            "the last deployment of {version} is not the guard's rollback: {last:?}"
+        ));
+    }
+    if last.state != outcome.state && !cut_after_acting {
+        return Err(format!(
+            "deployment {} of {version} ended {} ({:?}), want {}",
+            last.id, last.state, last.reason, outcome.state
+        ));
+    }
+    let pinned = j.pin_for("hello", &last.spec_hash).map_err(err)?.is_some();
+    if pinned != outcome.pinned {
+        return Err(format!(
+            "{version} pinned: {pinned}, want {}",
+            outcome.pinned
+        ));
+    }
+    let new = last
+        .release_id
+        .clone()
+        .ok_or_else(|| format!("deployment {} has no release", last.id))?;
+    let want = [
+        ("staging", new.clone()),
+        (
+            "production",
+            outcome.production.clone().unwrap_or(new.clone()),
+        ),
+    ];
+    let procs = app_processes(&w.releases());
+    for ((env, want), port) in want.into_iter().zip([w.q.staging, w.q.production]) {
+        let state = j
+            .env_state("hello", env)
+            .map_err(err)?
+            .ok_or_else(|| format!("{env}: not in the journal"))?;
+        let current = state.current_release.clone();
+        if current.as_deref() != Some(want.as_str()) {
+            return Err(format!(
+                "{env} runs {current:?} in the journal, want {want}"
+            ));
+        }
+        if state.last_good_release != current {
+            return Err(format!(
+                "{env}: current {current:?} is not its last good {:?}",
+                state.last_good_release
+            ));
+        }
+        let release = j
+            .release(&want)
+            .map_err(err)?
+            .ok_or_else(|| format!("{env}: release {want} not recorded"))?;
+        // What the journal names is what runs: one process of that release.
+        let mine: Vec<_> = procs.iter().filter(|p| p.env == env).collect();
+        let exe = Path::new(&release.dir).join("hello");
+        if mine.len() != 1 || mine[0].release != want || mine[0].exe != exe {
+            return Err(format!(
+                "{env}: want one process of {want} ({}), found {mine:?}",
+                exe.display()
+            ));
+        }
+        if !serves(port, &release.version) {
+            return Err(format!(
+                "{env}: port {port} does not serve {} ({want}): {:?}",
+                release.version,
+                get(port, "/")
+            ));
+        }
+    }
+    let production = outcome.production.clone().unwrap_or(new);
+    passed_staging(&j, &all, &production)
+}
+
+/// `release` passed staging's gates, by the journal's staging steps: a
+/// deployment of it has a passed smoke test and a healthy last bake check
+/// in staging, with no failed step there.
+fn passed_staging(j: &Journal, all: &[Deployment], release: &str) -> Result<(), String> {
+    for d in all
+        .iter()
+        .filter(|d| d.release_id.as_deref() == Some(release))
+    {
+        let steps = j.steps(d.id).map_err(|e| e.to_string())?;
+        let staging: Vec<_> = steps
+            .iter()
+            .filter(|s| s.environment.as_deref() == Some("staging"))
+            .collect();
+        let outcome = |kind: &str| -> Vec<&str> {
+            staging
+                .iter()
+                .filter(|s| s.kind == kind)
+                .filter_map(|s| s.outcome.as_deref())
+                .collect()
+        };
+        let smoke = outcome("smoke-test");
+        let health = outcome("health-check");
+        if smoke == ["ok"] && health.last() == Some(&"healthy") {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "production runs {release}, which no deployment shows passing staging's gates"
+    ))
+}
+
+/// An app process of this test: its environment, release, and program.
+#[derive(Debug)]
+struct AppProcess {
+    #[allow(dead_code)] // shown (Debug) in failure messages
+    pid: u32,
+    env: String,
+    release: String,
+    exe: PathBuf,
+}
+
+/// The live processes whose program is under `releases` (zombies have no
+/// command line and are not counted).
+fn app_processes(releases: &Path) -> Vec<AppProcess> {
+    let releases = releases.canonicalize().unwrap_or(releases.to_path_buf());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let exe = PathBuf::from(
+            String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
+                .to_string(),
+        );
+        if !exe.starts_with(&releases) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let vars: BTreeMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
+        found.push(AppProcess {
+            pid,
+            env: var("SLIPWAY_ENVIRONMENT"),
+            release: var("SLIPWAY_RELEASE_ID"),
+            exe,
+        });
+    }
+    found
+}
+
+fn wait_exit(agent: &mut Agent, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_crash_after_any_transition_of_a_deployment_that_ships_recovers() {
+    let w = Walk::new("ships");
+    let first = w.deploy("1.0.0");
+    assert_eq!(
+        first.state,
+        DeploymentState::Succeeded,
+        "{:?}",
+        first.reason
+    );
+    let outcome = Outcome {
+        state: DeploymentState::Succeeded,
+        production: None,
+        pinned: false,
+        guard: false,
+    };
+    let ops = w.count("1.1.0", &outcome);
+    eprintln!("ships: {} transitions: {ops:?}", ops.len());
+    walk(&w, &ops, 1, |n| format!("1.1.{n}"), &outcome);
+}
+
+#[test]
+fn a_crash_after_any_transition_of_a_production_rollback_recovers() {
+    let w = Walk::new("rollback");
+    let good = w.deploy("1.0.0");
+    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
+    // One rollback first, so every counted or crashed one starts from the
+    // same state (a sick release in staging, replaced and pruned).
+    let first = w.deploy("1.2.0-sick");
+    assert_eq!(
+        first.state,
+        DeploymentState::RolledBack,
+        "{:?}",
+        first.reason
+    );
+    let reason = first.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("production: unhealthy"), "{reason}");
+    let outcome = Outcome {
+        state: DeploymentState::RolledBack,
+        production: good.release_id.clone(),
+        pinned: true,
+        guard: false,
+    };
+    let ops = w.count("1.2.1-sick", &outcome);
+    eprintln!("rollback: {} transitions: {ops:?}", ops.len());
+    walk(&w, &ops, 1, |n| format!("1.2.{}-sick", n + 1), &outcome);
+}
+
+/// The health guard's rollback: a version passes every gate, turns
+/// unhealthy in production a moment later, and the guard puts production
+/// back on the last good release as a deployment of its own. Only the
+/// guard's transitions are walked (the deployment before it is the
+/// "ships" walk's).
+#[test]
+fn a_crash_after_any_transition_of_a_health_guard_rollback_recovers() {
+    let w = Walk::with_sick_after("guard", "1500");
+    let good = w.deploy("1.0.0");
+    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
+    let outcome = Outcome {
+        state: DeploymentState::RolledBack,
+        production: good.release_id.clone(),
+        pinned: true,
+        guard: true,
+    };
+    // Twice, so the counted and crashed runs start from the same state.
+    w.count("1.3.0-sick", &outcome);
+    let ops = w.count("1.3.1-sick", &outcome);
+    let guard_start = ops
+        .iter()
+        .position(|op| op == "start_rollback")
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("no guard deployment among the transitions: {ops:?}"));
+    eprintln!(
+        "guard: {} transitions, the guard's from {guard_start}: {ops:?}",
+        ops.len()
+    );
+    walk(
+        &w,
+        &ops,
+        guard_start,
+        |n| format!("1.3.{}-sick", n + 1),
+        &outcome,
+    );
+}
