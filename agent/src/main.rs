@@ -363,6 +363,20 @@ fn main() {
         _ => "info",
     };
     init_logs(args.log_format, default_filter);
+    // A file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail the
+    // write that reaches it (EFBIG), reported with the file it was for, not
+    // kill the agent with SIGXFSZ between a transition and its record.
+    // SAFETY: setting a signal to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // glibc gives each thread that allocates its own malloc arena; with
+    // tokio workers, blocking threads and wasm fibers moving between them,
+    // that was ~40 MB of half-empty arenas at 200 apps (BENCHMARKS.md).
+    // Two arenas keep the agent's RSS near what it uses.
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2)
+    };
     let runtime = tokio::runtime::Runtime::new().expect("starting tokio");
     let result = runtime.block_on(async {
         match args.command {

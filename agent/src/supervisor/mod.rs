@@ -166,6 +166,20 @@ impl Supervisor {
         }
     }
 
+    /// Whether `spec` could be started now: its working directory exists and
+    /// its command is an executable file. Checked before anything running
+    /// is stopped (a rollback asks before acting), so a release whose
+    /// directory or binary is gone (deleted by hand, a cleanup) is refused
+    /// with what is missing, and whatever runs in the environment keeps
+    /// running.
+    pub fn check(&self, app: &str, env: &str, spec: &RunSpec) -> Result<PathBuf, SupervisorError> {
+        check_names(app, env)?;
+        process::check_cwd(app, env, spec)?;
+        let program = process::resolve(app, env, spec)?;
+        process::check_program(app, env, &program)?;
+        Ok(program)
+    }
+
     /// Run `spec` for (app, env) as `release_id`, replacing whatever ran there; errs if it cannot be spawned.
     pub async fn start(
         &self,
@@ -175,8 +189,11 @@ impl Supervisor {
         spec: RunSpec,
     ) -> Result<(), SupervisorError> {
         check_names(app, env)?;
+        // Replacing means the old process stops even if the new one cannot
+        // start (the journal already names the new release); callers that
+        // must not lose what runs ask `check` first.
         self.stop(app, env).await?;
-        let program = process::resolve(app, env, &spec)?;
+        let program = self.check(app, env, &spec)?;
         let (mut child, pid) = process::spawn(app, env, &spec, &program)?;
         let pidfile = self.pidfile(app, env);
         if let Err(source) = write_pidfile(&self.run_dir, &pidfile, pid) {
@@ -434,7 +451,10 @@ impl Task {
                     }
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                match process::spawn(app, env, &self.spec, &self.program) {
+                let respawn = process::check_cwd(app, env, &self.spec)
+                    .and_then(|()| process::check_program(app, env, &self.program))
+                    .and_then(|()| process::spawn(app, env, &self.spec, &self.program));
+                match respawn {
                     Ok((new_child, new_pid)) => {
                         (child, pid) = (new_child, new_pid);
                         started = Instant::now();

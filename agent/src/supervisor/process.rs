@@ -33,7 +33,12 @@ pub(super) fn resolve(app: &str, env: &str, spec: &RunSpec) -> Result<PathBuf, S
         return Ok(if path.is_absolute() {
             path.to_path_buf()
         } else {
-            spec.cwd.join(path)
+            // `./web` names RELEASE/web, in logs and errors too.
+            let relative: PathBuf = path
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir)
+                .collect();
+            spec.cwd.join(relative)
         });
     }
     let search = child_path(spec).ok_or_else(not_found)?;
@@ -64,14 +69,31 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Spawn `program` as described by `spec`, in a new process group, with a
-/// header line in the log. Returns the child and its pid (= its pgid).
-pub(super) fn spawn(
-    app: &str,
-    env: &str,
-    spec: &RunSpec,
-    program: &Path,
-) -> Result<(Child, u32), SupervisorError> {
+/// The program exists and is an executable file (spawning it would say
+/// only "No such file or directory" or "Permission denied").
+pub(super) fn check_program(app: &str, env: &str, program: &Path) -> Result<(), SupervisorError> {
+    let problem = match std::fs::metadata(program) {
+        Ok(m) if !m.is_file() => io::Error::new(io::ErrorKind::InvalidInput, "not a file"),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not executable (no x permission bit)",
+        ),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            io::Error::new(io::ErrorKind::NotFound, "the file is missing")
+        }
+        Err(e) => e,
+    };
+    Err(SupervisorError::Spawn {
+        app: app.to_string(),
+        env: env.to_string(),
+        command: program.to_path_buf(),
+        source: problem,
+    })
+}
+
+/// The working directory exists and is a directory.
+pub(super) fn check_cwd(app: &str, env: &str, spec: &RunSpec) -> Result<(), SupervisorError> {
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -91,6 +113,18 @@ pub(super) fn spawn(
             });
         }
     }
+    Ok(())
+}
+
+/// Spawn `program` as described by `spec`, in a new process group, with a
+/// header line in the log. Returns the child and its pid (= its pgid).
+pub(super) fn spawn(
+    app: &str,
+    env: &str,
+    spec: &RunSpec,
+    program: &Path,
+) -> Result<(Child, u32), SupervisorError> {
+    check_cwd(app, env, spec)?;
     let log_err = |source| SupervisorError::Log {
         app: app.to_string(),
         env: env.to_string(),
@@ -131,11 +165,14 @@ pub(super) fn spawn(
     }
     prefix.extend_from_slice(format!("--- started {} pid ", program.display()).as_bytes());
     let suffix = format!(" at {} ---\n", unix_ms()).into_bytes();
-    // SAFETY: the closure only calls getpid and write(2), both
+    // SAFETY: the closure only calls getpid, write(2) and signal(2), all
     // async-signal-safe, on memory allocated before the fork; it allocates
     // nothing and cannot panic.
     unsafe {
         cmd.pre_exec(move || {
+            // The agent ignores SIGXFSZ (see main.rs); the app gets the
+            // default, as if started by hand.
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             write_header(&prefix, &suffix);
             Ok(())
         });

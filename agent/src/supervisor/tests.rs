@@ -333,3 +333,43 @@ fn log_tail_returns_the_last_lines() {
     assert!(tail.lines().next().unwrap().starts_with("entry "));
     assert!(tail.ends_with("entry 19999"));
 }
+
+#[tokio::test]
+async fn check_names_what_is_missing_and_stops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(dir.path(), Duration::from_secs(1));
+    sup.start("web", "prod", "r1", spec(dir.path(), "exec sleep 100"))
+        .await
+        .unwrap();
+    let pid = sup.status("web", "prod").unwrap().pid.unwrap();
+
+    // A release whose binary was deleted: named by its resolved path.
+    let mut no_binary = spec(dir.path(), "");
+    no_binary.command = "./server".into();
+    let err = sup
+        .check("web", "prod", &no_binary)
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "web/prod: cannot start {}: the file is missing",
+        dir.path().join("server").display()
+    );
+    assert_eq!(err, expected);
+
+    // A release whose directory was deleted.
+    let mut no_dir = spec(dir.path(), "true");
+    no_dir.cwd = dir.path().join("releases/r0");
+    let err = sup.check("web", "prod", &no_dir).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "web/prod: working directory {} is unusable",
+            no_dir.cwd.display()
+        )),
+        "{err}"
+    );
+
+    // Asking stopped nothing.
+    assert!(alive(pid));
+    assert_eq!(sup.status("web", "prod").unwrap().pid, Some(pid));
+    sup.stop_all().await;
+}
