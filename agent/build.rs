@@ -21,6 +21,7 @@ const WASM_PACKAGES: &[&str] = &[
     "slipway-fixture-noop",
     "slipway-fixture-api-next",
     "slipway-fixture-api-patch",
+    "slipway-fixture-scripted",
 ];
 
 const TARGET: &str = "wasm32-wasip2";
