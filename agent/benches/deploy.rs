@@ -9,6 +9,8 @@
 //! 2. agent overhead of a whole deployment: its duration minus the time
 //!    inside the build step and the configured health-check intervals.
 
+mod common;
+
 use slipway::store::{DeploymentState, Journal};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -140,6 +142,30 @@ fn main() {
     }
     let _ = Command::new("kill").arg(agent.id().to_string()).status();
     let _ = agent.wait();
+    let ms = |key: &str, v: &[i64], what: &str| {
+        common::record("deploy", key, median(v.to_vec()) as f64, "ms", what);
+    };
+    ms(
+        "write_to_first_step_ms",
+        &latency,
+        "config write → first step (the build) started, median of the edits",
+    );
+    ms(
+        "deployment_ms",
+        &total,
+        "whole deployment (build, 2 envs with smoke and bake), median",
+    );
+    ms(
+        "build_ms",
+        &build,
+        "of which inside the build step (rustc of the app), median",
+    );
+    ms(
+        "agent_overhead_ms",
+        &overhead,
+        "agent overhead of a deployment: whole minus build step minus health intervals, median",
+    );
+    common::record_machine_load("deploy");
     println!("slipway deploy benchmark ({EDITS} edits of the quickstart, real binary)");
     println!(
         "  config write -> first step started   median {:>5} ms   (all: {latency:?})",

@@ -12,6 +12,7 @@
 //!    cache load time, and per-step time with a fresh and a warm instance,
 //!    against `sh -c 'exit 0'` and `curl`.
 
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -45,8 +46,39 @@ fn micros(d: Duration) -> String {
     format!("{:>10.1} µs", d.as_secs_f64() * 1e6)
 }
 
-fn report(title: &str, a_name: &str, a: &mut Samples, b_name: &str, b: &mut Samples) {
+/// Print a side-by-side pair and record it (`key_a`, `key_b`, `key_ratio`)
+/// for BENCHMARKS.md.
+fn report(
+    (key, title): (&str, &str),
+    a_name: &str,
+    a: &mut Samples,
+    b_name: &str,
+    b: &mut Samples,
+) {
     let (am, bm) = (a.median(), b.median());
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let short = title.split_once(' ').map_or(title, |t| t.1);
+    common::record(
+        "steps",
+        &format!("{key}_a"),
+        us(am),
+        "µs",
+        &format!("{short}: {a_name}, median"),
+    );
+    common::record(
+        "steps",
+        &format!("{key}_b"),
+        us(bm),
+        "µs",
+        &format!("{short}: {b_name}, median"),
+    );
+    common::record(
+        "steps",
+        &format!("{key}_ratio"),
+        bm.as_secs_f64() / am.as_secs_f64(),
+        "×",
+        &format!("{short}: {b_name} / {a_name} (same run, alternating rounds)"),
+    );
     println!("\n{title}");
     println!(
         "  {a_name:<44} median {}  p99 {}  (n={})",
@@ -147,7 +179,7 @@ async fn main() {
         time_command("sh", &["-c", "exit 0"], 300, &mut shell);
     }
     report(
-        "1. no-op health check",
+        ("noop_fresh", "1. no-op health check"),
         "plugin step (fresh instance + call)",
         &mut plugin,
         "shell hook: sh -c 'exit 0'",
@@ -158,7 +190,10 @@ async fn main() {
         time_warm_steps(&noop, noop_step, 2000, &mut warm).await;
     }
     report(
-        "1b. no-op health check, warm instance (how the engine runs health checks)",
+        (
+            "noop_warm",
+            "1b. no-op health check, warm instance (how the engine runs health checks)",
+        ),
         "plugin step (warm instance)",
         &mut warm,
         "shell hook: sh -c 'exit 0'",
@@ -182,7 +217,7 @@ async fn main() {
         time_command("curl", &["-fsS", "-o", "/dev/null", &url], 100, &mut curl);
     }
     report(
-        "2. HTTP health check against a local server",
+        ("http", "2. HTTP health check against a local server"),
         "http-check plugin step",
         &mut plugin,
         "shell hook: curl -fsS",
@@ -216,9 +251,12 @@ async fn main() {
         }
     }
     report(
-        &format!(
-            "3. {name} ({} KB): compile vs compile-cache load",
-            bytes.len() / 1024
+        (
+            "compile",
+            &format!(
+                "3. {name} ({} KB): compile vs compile-cache load",
+                bytes.len() / 1024
+            ),
         ),
         "cache load (mmap)",
         &mut load,
@@ -228,6 +266,7 @@ async fn main() {
 
     // 4. the same HTTP check in three languages
     languages(&rt, &server, state.path()).await;
+    common::record_machine_load("steps");
 }
 
 /// One language's plugin for section 4, and its figures.

@@ -38,6 +38,14 @@ pub struct HealthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthSkipLabels {
+    pub app: String,
+    pub env: String,
+    /// overrun, not_settled, journal, release_unknown, release_dir_missing.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
     pub plugin: String,
 }
@@ -74,6 +82,7 @@ pub struct Metrics {
     pub deployments: Family<DeploymentLabels, Counter>,
     pub step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
     pub health_checks: Family<HealthLabels, Counter>,
+    pub health_checks_skipped: Family<HealthSkipLabels, Counter>,
     pub plugin_instantiations: Family<PluginLabels, Counter>,
     pub plugin_loads: Family<CacheLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -88,6 +97,7 @@ impl Metrics {
             deployments: Family::default(),
             step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             health_checks: Family::default(),
+            health_checks_skipped: Family::default(),
             plugin_instantiations: Family::default(),
             plugin_loads: Family::default(),
             config_reloads: Family::default(),
@@ -109,6 +119,11 @@ impl Metrics {
             "health_checks",
             "Health check results per app and environment (during bakes and after)",
             m.health_checks.clone(),
+        );
+        registry.register(
+            "health_checks_skipped",
+            "Health checks the guard did not make when due, per app, environment and reason",
+            m.health_checks_skipped.clone(),
         );
         registry.register(
             "plugin_instantiations",
@@ -174,6 +189,17 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// `n` checks of (app, env) that were due and not made, and why.
+    pub fn health_skipped(&self, app: &str, env: &str, reason: &str, n: u64) {
+        self.health_checks_skipped
+            .get_or_create(&HealthSkipLabels {
+                app: app.into(),
+                env: env.into(),
+                reason: reason.into(),
+            })
+            .inc_by(n);
     }
 
     pub fn reload(&self, accepted: bool) {

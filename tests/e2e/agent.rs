@@ -486,3 +486,81 @@ fn a_release_that_turns_unhealthy_after_promotion_is_rolled_back() {
     assert!(latest(&q).unwrap().state != DeploymentState::Running);
     agent.terminate();
 }
+
+#[test]
+fn many_apps_deploy_in_turns_and_all_land() {
+    // More apps than deployment turns, each with a bake long enough for
+    // their deployments to overlap.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("app")).unwrap();
+    std::fs::write(dir.path().join("app/README"), "source\n").unwrap();
+    let turns = slipway::engine::parallel_deployments();
+    let apps = turns + 4;
+    let pass = r#"{ plugin = "scripted", params = { outcome = "pass" } }"#;
+    let mut text = format!(
+        "[agent]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n\n[plugins.scripted]\nsource = \"{}\"\n",
+        support::fixture("scripted").display()
+    );
+    for n in 0..apps {
+        text.push_str(&format!(
+            r#"
+[apps.app{n}]
+version = "1.0.0"
+source = {{ path = "app" }}
+build = {pass}
+
+[apps.app{n}.environments.production]
+deploy = {pass}
+health = {{ plugin = "scripted", params = {{ outcome = "pass" }}, interval = "100ms", healthy_after = 3, bake = "300ms" }}
+"#
+        ));
+    }
+    let config = dir.path().join("slipway.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("agent.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["agent", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, log };
+    let journal = || slipway::store::Journal::open(&dir.path().join("state/journal.db")).unwrap();
+    let mut all = Vec::new();
+    wait_for(
+        "every app deployed",
+        &agent,
+        Duration::from_secs(120),
+        || {
+            if !dir.path().join("state/journal.db").exists() {
+                return false;
+            }
+            all = journal().deployments(None, 1000).unwrap();
+            all.len() == apps && all.iter().all(|d| d.state != DeploymentState::Running)
+        },
+    );
+    for d in &all {
+        assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
+    }
+    // The most deployments that ran at one moment (at each start).
+    let overlap = all
+        .iter()
+        .map(|d| {
+            all.iter()
+                .filter(|o| o.started_at <= d.started_at && d.started_at < o.ended_at.unwrap())
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        (2..=turns).contains(&overlap),
+        "{overlap} deployments ran at once; want 2..={turns}"
+    );
+    assert!(
+        agent.log().contains("waiting for a deployment slot"),
+        "{}",
+        agent.log()
+    );
+    agent.terminate();
+}

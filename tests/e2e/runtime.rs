@@ -607,3 +607,60 @@ async fn a_warm_instance_is_reused_while_its_sandbox_is_the_same_and_dropped_aft
     assert!(slot.is_none());
     assert_eq!(warm(&mut slot, &other).await.1, "call 1");
 }
+
+/// More steps at once than the instance pool has slots (200 apps deploying
+/// at once did this) wait for a free slot instead of failing with "maximum
+/// concurrent limit reached", and warm instances never hold more than half
+/// of the slots: the other environments' checks run fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_beyond_the_instance_pool_wait_for_a_slot() {
+    use std::io::{Read, Write};
+    // A server that answers after 200 ms, so every step holds its instance
+    // while the others start.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.read(&mut [0u8; 1024]);
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    let rt = Runtime::new(&RuntimeConfig {
+        cache_dir: None,
+        max_instances: 4,
+    })
+    .unwrap();
+    let plugin = std::sync::Arc::new(load_builtin(&rt, "http-check").await);
+    let step = Step::new(StepKind::HealthCheck, json!({ "url": url }))
+        .grants(|g| g.http = patterns(&["127.0.0.1:*"]));
+
+    let mut warm: Vec<Option<Warm>> = (0..4).map(|_| None).collect();
+    for slot in &mut warm {
+        let outcome = plugin.run_warm(slot, &step.request).await;
+        assert_eq!(health(&outcome).0, Health::Healthy, "{:?}", outcome.result);
+    }
+    assert_eq!(
+        warm.iter().filter(|w| w.is_some()).count(),
+        2,
+        "half the pool may be warm"
+    );
+
+    // 2 slots are held warm; 12 steps at once share the 2 others.
+    let mut steps = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (plugin, request) = (plugin.clone(), step.request.clone());
+        steps.spawn(async move { plugin.run(&request).await });
+    }
+    while let Some(outcome) = steps.join_next().await {
+        let outcome = outcome.unwrap();
+        assert_eq!(health(&outcome).0, Health::Healthy, "{:?}", outcome.result);
+    }
+    // And the warm ones still serve.
+    let outcome = plugin.run_warm(&mut warm[0], &step.request).await;
+    assert_eq!(health(&outcome).0, Health::Healthy, "{:?}", outcome.result);
+}

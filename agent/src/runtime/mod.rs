@@ -42,7 +42,7 @@ use state::bindings::exports::slipway::plugin as exports;
 use state::bindings::slipway::plugin::types as wit;
 use state::{HostCtx, HostImports, Limiter, StepState};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -102,141 +102,17 @@ pub enum LoadError {
     Describe { plugin: String, error: String },
 }
 
-/// The step kinds (the WIT `step-kind`); a plugin's kinds are data.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepKind {
-    Build,
-    Deploy,
-    SmokeTest,
-    HealthCheck,
-    Rollback,
-    Notify,
-}
+pub use slipway_config::plugin::{PluginInfo, PluginSource, StepKind};
 
-impl StepKind {
-    pub const ALL: [StepKind; 6] = [
-        StepKind::Build,
-        StepKind::Deploy,
-        StepKind::SmokeTest,
-        StepKind::HealthCheck,
-        StepKind::Rollback,
-        StepKind::Notify,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Build => "build",
-            StepKind::Deploy => "deploy",
-            StepKind::SmokeTest => "smoke-test",
-            StepKind::HealthCheck => "health-check",
-            StepKind::Rollback => "rollback",
-            StepKind::Notify => "notify",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == text)
-    }
-
-    fn from_wit(kind: wit::StepKind) -> Self {
-        match kind {
-            wit::StepKind::Build => StepKind::Build,
-            wit::StepKind::Deploy => StepKind::Deploy,
-            wit::StepKind::SmokeTest => StepKind::SmokeTest,
-            wit::StepKind::HealthCheck => StepKind::HealthCheck,
-            wit::StepKind::Rollback => StepKind::Rollback,
-            wit::StepKind::Notify => StepKind::Notify,
-        }
-    }
-}
-
-impl std::fmt::Display for StepKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What `describe()` said, checked.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub api_version: Version,
-    pub kinds: Vec<StepKind>,
-    pub params_schema: serde_json::Value,
-    pub description: String,
-}
-
-impl PluginInfo {
-    /// Check raw `describe()` output: versions parse, the schema is a valid
-    /// JSON Schema, and every declared kind is really exported.
-    fn check(
-        name: String,
-        version: String,
-        api_version: String,
-        kinds: Vec<StepKind>,
-        params_schema: String,
-        description: String,
-        exported: &[StepKind],
-    ) -> Result<(Self, jsonschema::Validator), String> {
-        let api_version = Version::parse(&api_version)
-            .map_err(|e| format!("api-version `{api_version}` is not semver: {e}"))?;
-        Version::parse(&version).map_err(|e| format!("version `{version}` is not semver: {e}"))?;
-        if name.is_empty() {
-            return Err("name is empty".into());
-        }
-        if kinds.is_empty() {
-            return Err("declares no step kinds".into());
-        }
-        if let Some(k) = kinds.iter().find(|k| !exported.contains(k)) {
-            return Err(format!(
-                "declares kind `{k}` but does not export its interface"
-            ));
-        }
-        let params_schema: serde_json::Value = serde_json::from_str(&params_schema)
-            .map_err(|e| format!("params-schema is not JSON: {e}"))?;
-        let validator = jsonschema::validator_for(&params_schema)
-            .map_err(|e| format!("params-schema is not a valid JSON Schema: {e}"))?;
-        Ok((
-            Self {
-                name,
-                version,
-                api_version,
-                kinds,
-                params_schema,
-                description,
-            },
-            validator,
-        ))
-    }
-}
-
-/// Where a plugin comes from: `builtin:NAME` or a path to a `.wasm` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum PluginSource {
-    Builtin(String),
-    File(PathBuf),
-}
-
-impl PluginSource {
-    /// Parse a config `source`; relative paths are taken from `base`.
-    pub fn parse(text: &str, base: &Path) -> Self {
-        match text.strip_prefix("builtin:") {
-            Some(name) => PluginSource::Builtin(name.to_string()),
-            None => PluginSource::File(base.join(text)),
-        }
-    }
-}
-
-impl std::fmt::Display for PluginSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PluginSource::Builtin(name) => write!(f, "builtin:{name}"),
-            PluginSource::File(path) => write!(f, "{}", path.display()),
-        }
+/// The WIT `step-kind` as the host's [`StepKind`].
+fn kind_from_wit(kind: wit::StepKind) -> StepKind {
+    match kind {
+        wit::StepKind::Build => StepKind::Build,
+        wit::StepKind::Deploy => StepKind::Deploy,
+        wit::StepKind::SmokeTest => StepKind::SmokeTest,
+        wit::StepKind::HealthCheck => StepKind::HealthCheck,
+        wit::StepKind::Rollback => StepKind::Rollback,
+        wit::StepKind::Notify => StepKind::Notify,
     }
 }
 
@@ -264,6 +140,35 @@ pub struct Runtime {
     linker: Linker<StepState>,
     cache: CompileCache,
     ticker_stop: Arc<AtomicBool>,
+    slots: Arc<Slots>,
+}
+
+/// The instance pool's slots, counted so that a step waits for a free one
+/// instead of failing ("maximum concurrent limit reached") when many apps
+/// deploy at once, and so that warm instances, which hold a slot between
+/// checks, can never take them all: at most half are warm.
+struct Slots {
+    any: Arc<tokio::sync::Semaphore>,
+    warm: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slots {
+    fn new(max_instances: u32) -> Self {
+        let n = max_instances as usize;
+        Self {
+            any: Arc::new(tokio::sync::Semaphore::new(n)),
+            warm: Arc::new(tokio::sync::Semaphore::new(n / 2)),
+        }
+    }
+
+    /// A slot for one instance; waits while every slot is taken.
+    async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.any
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
+    }
 }
 
 impl Drop for Runtime {
@@ -294,7 +199,11 @@ impl Runtime {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(64 << 10);
+            .async_stack_keep_resident(64 << 10)
+            // Slots a step used keep those pages (above) for the next step;
+            // bound how many idle slots do so after a burst (200 apps
+            // deploying at once), instead of wasmtime's default of 100.
+            .max_unused_warm_slots(16);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -335,6 +244,7 @@ impl Runtime {
             linker,
             cache,
             ticker_stop,
+            slots: Arc::new(Slots::new(config.max_instances)),
         })
     }
 
@@ -435,6 +345,7 @@ impl Runtime {
             pre,
             exports,
             info: None,
+            slots: self.slots.clone(),
         };
         let raw = plugin
             .describe()
@@ -448,7 +359,7 @@ impl Runtime {
             raw.name,
             raw.version,
             raw.api_version,
-            raw.kinds.into_iter().map(StepKind::from_wit).collect(),
+            raw.kinds.into_iter().map(kind_from_wit).collect(),
             raw.params_schema,
             raw.description,
             &exported,
@@ -650,6 +561,7 @@ pub struct Plugin {
     pre: InstancePre<StepState>,
     exports: Exports,
     info: Option<(PluginInfo, Arc<jsonschema::Validator>)>,
+    slots: Arc<Slots>,
 }
 
 impl Plugin {
@@ -707,6 +619,7 @@ impl Plugin {
                 ..Default::default()
             },
         };
+        let _slot = self.slots.acquire().await;
         let mut sandbox = Sandbox::new(&self.engine, &request).map_err(|e| e.to_string())?;
         let indices = self.exports.plugin.clone();
         let pre = self.pre.clone();
@@ -726,6 +639,7 @@ impl Plugin {
     /// the step's wall time; every failure is a `StepError`.
     pub async fn run(&self, request: &StepRequest) -> StepOutcome {
         let started = Instant::now();
+        let _slot = self.slots.acquire().await;
         let mut sandbox = match Sandbox::new(&self.engine, request) {
             Ok(s) => s,
             Err(e) => {
@@ -762,6 +676,9 @@ impl Plugin {
     /// output capture; the caller keeps one slot per app and environment,
     /// never shared between apps. The guest's memory does persist between
     /// calls of one slot (its caches, its globals): that is the point.
+    /// Warm instances hold at most half the instance pool; when that many
+    /// are kept, the step runs in a fresh instance instead (so 400 guarded
+    /// environments neither exhaust the pool nor keep 400 memories).
     pub async fn run_warm(&self, slot: &mut Option<Warm>, request: &StepRequest) -> StepOutcome {
         let started = Instant::now();
         let key = warm_key(&self.sha256, request);
@@ -771,6 +688,10 @@ impl Plugin {
         let mut warm = match slot.take() {
             Some(warm) => warm,
             None => {
+                let Ok(warm_slot) = self.slots.warm.clone().try_acquire_owned() else {
+                    return self.run(request).await;
+                };
+                let pool_slot = self.slots.acquire().await;
                 let mut sandbox = match Sandbox::new(&self.engine, request) {
                     Ok(s) => s,
                     Err(e) => {
@@ -794,6 +715,7 @@ impl Plugin {
                         instance,
                         calls: 0,
                         seen: (0, 0),
+                        _slots: (pool_slot, warm_slot),
                     },
                     Err(e) => {
                         return StepOutcome {
@@ -842,6 +764,12 @@ pub struct Warm {
     calls: u32,
     /// Guest stdout/stderr bytes already taken into earlier calls' logs.
     seen: (usize, usize),
+    /// Its pool slot and warm slot, given back after the instance (fields
+    /// drop in order).
+    _slots: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
 }
 
 /// Everything that shapes a step's sandbox; a warm instance serves only
