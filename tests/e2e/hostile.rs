@@ -84,6 +84,21 @@ fn spawn_agent(q: &Quickstart, name: &str, setup: impl FnOnce(&mut Command)) -> 
 }
 
 /// Wait for an agent that should refuse to start: (exit code, its log).
+/// Start the agent normally (nothing hostile left) and wait until
+/// production serves 1.0.0 again, with every record kept and no panic.
+fn comes_back(q: &Quickstart, before: &[String]) -> Agent {
+    let agent = q.start_agent();
+    wait_for(
+        "production back on 1.0.0",
+        &agent,
+        Duration::from_secs(30),
+        || serves(q.production, "1.0.0"),
+    );
+    assert_kept(q, before);
+    assert_no_panic(&agent.log());
+    agent
+}
+
 fn run_to_exit(mut agent: Agent) -> (i32, String) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
@@ -197,16 +212,7 @@ fn state_dir_not_writable_at_start_is_refused_with_the_dir_and_user() {
     assert_kept(&q, &before);
 
     // Run as the dir's owner, the agent comes back with all its history.
-    let agent = q.start_agent();
-    wait_for(
-        "production back on 1.0.0",
-        &agent,
-        Duration::from_secs(30),
-        || serves(q.production, "1.0.0"),
-    );
-    assert_kept(&q, &before);
-    assert_no_panic(&agent.log());
-    agent.terminate();
+    comes_back(&q, &before).terminate();
 }
 
 /// Set the soft RLIMIT_FSIZE of a running process (the hard limit stays).
@@ -451,16 +457,7 @@ fn a_damaged_journal_stops_the_agent_and_a_backup_restores_it() {
         &["restore", "--from", backup.to_str().unwrap(), "--force"],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let agent = q.start_agent();
-    wait_for(
-        "production back on 1.0.0",
-        &agent,
-        Duration::from_secs(30),
-        || serves(q.production, "1.0.0"),
-    );
-    assert_kept(&q, &before);
-    assert_no_panic(&agent.log());
-    agent.terminate();
+    comes_back(&q, &before).terminate();
 }
 
 #[test]

@@ -914,12 +914,7 @@ impl Journal {
                      updated_at = excluded.updated_at",
                 params![app, env, release, at],
             )?;
-            tx.execute(
-                "INSERT INTO env_history (app, environment, release_id, deployment_id, event, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![app, env, release, deployment_id, event, at],
-            )?;
-            Ok(())
+            record_history(tx, app, env, release, deployment_id, event, at)
         })
     }
 
@@ -946,12 +941,7 @@ impl Journal {
                      updated_at = excluded.updated_at",
                 params![app, env, release, at],
             )?;
-            tx.execute(
-                "INSERT INTO env_history (app, environment, release_id, deployment_id, event, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![app, env, release, deployment_id, event, at],
-            )?;
-            Ok(())
+            record_history(tx, app, env, Some(release), deployment_id, event, at)
         })
     }
 
@@ -1307,6 +1297,24 @@ fn with_os_cause(conn: &Connection, fail: Fail) -> Fail {
         }
         other => other,
     }
+}
+
+/// One event of an environment's history (what it runs, and why).
+fn record_history(
+    tx: &Transaction<'_>,
+    app: &str,
+    env: &str,
+    release: Option<&str>,
+    deployment_id: Option<i64>,
+    event: &str,
+    at: i64,
+) -> Result<(), Fail> {
+    tx.execute(
+        "INSERT INTO env_history (app, environment, release_id, deployment_id, event, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![app, env, release, deployment_id, event, at],
+    )?;
+    Ok(())
 }
 
 /// Open-time errors: a file SQLite does not recognise gets its own message.
