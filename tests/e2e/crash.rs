@@ -230,13 +230,25 @@ fn walk(
         drop(agent);
 
         let agent = w.start(None);
+        // Up first: a crash after the last transition leaves a consistent
+        // journal and the crashed agent's processes serving, so `settle`
+        // could pass before this agent has killed them and started its own
+        // (and a SIGTERM before its handlers exist would leave them behind).
+        wait_for(
+            &format!("{at}: agent up"),
+            &agent,
+            Duration::from_secs(60),
+            || agent.log().contains("agent starting"),
+        );
         settle(w, &agent, &version, outcome, &at);
         eprintln!("{at}: recovered ({} ms)", started.elapsed().as_millis());
+        let recovered_log = agent.log.clone();
         agent.terminate();
         let left = app_processes(&w.releases());
         assert!(
             left.is_empty(),
-            "{at}: app processes outlive the agent: {left:?}"
+            "{at}: app processes outlive the agent: {left:?}\n--- crashed agent ---\n{log}\n--- recovered agent ---\n{}",
+            std::fs::read_to_string(&recovered_log).unwrap_or_default()
         );
     }
 }
