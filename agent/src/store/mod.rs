@@ -495,15 +495,7 @@ impl Journal {
             )?;
             let id = tx.last_insert_rowid();
             if let Some(reason) = pin {
-                tx.execute(
-                    "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (app, spec_hash) DO UPDATE
-                     SET reason = excluded.reason,
-                         deployment_id = excluded.deployment_id,
-                         at = excluded.at",
-                    params![app, spec_hash, reason, id, at],
-                )?;
+                upsert_pin(tx, app, spec_hash, reason, id, at)?;
             }
             Ok(id)
         })
@@ -530,12 +522,6 @@ impl Journal {
         state: DeploymentState,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        if state == DeploymentState::Running {
-            return Err(StoreError::NotAnEndState {
-                path: self.path.clone(),
-                id,
-            });
-        }
         self.write("finish_deployment", |tx| {
             self.end_deployment(tx, id, state, reason)
         })
@@ -552,23 +538,13 @@ impl Journal {
         reason: &str,
         spec_hash: &str,
     ) -> Result<(), StoreError> {
-        if state == DeploymentState::Running {
-            return Err(StoreError::NotAnEndState {
-                path: self.path.clone(),
-                id,
-            });
-        }
         self.write("finish_deployment_pinned", |tx| {
             self.end_deployment(tx, id, state, Some(reason))?;
-            tx.execute(
-                "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
-                 SELECT app, ?2, ?3, id, ?4 FROM deployments WHERE id = ?1
-                 ON CONFLICT (app, spec_hash) DO UPDATE
-                 SET reason = excluded.reason,
-                     deployment_id = excluded.deployment_id,
-                     at = excluded.at",
-                params![id, spec_hash, reason, now_ms()],
-            )?;
+            let app: String =
+                tx.query_row("SELECT app FROM deployments WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+            upsert_pin(tx, &app, spec_hash, reason, id, now_ms())?;
             Ok(())
         })
     }
@@ -580,6 +556,13 @@ impl Journal {
         state: DeploymentState,
         reason: Option<&str>,
     ) -> Result<(), Fail> {
+        if state == DeploymentState::Running {
+            return Err(StoreError::NotAnEndState {
+                path: self.path.clone(),
+                id,
+            }
+            .into());
+        }
         let n = tx.execute(
             "UPDATE deployments SET state = ?2, reason = ?3, ended_at = ?4
              WHERE id = ?1 AND state = 'running'",
@@ -1016,16 +999,7 @@ impl Journal {
         deployment_id: i64,
     ) -> Result<(), StoreError> {
         self.write("pin", |tx| {
-            tx.execute(
-                "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (app, spec_hash) DO UPDATE
-                 SET reason = excluded.reason,
-                     deployment_id = excluded.deployment_id,
-                     at = excluded.at",
-                params![app, spec_hash, reason, deployment_id, now_ms()],
-            )?;
-            Ok(())
+            upsert_pin(tx, app, spec_hash, reason, deployment_id, now_ms())
         })
     }
 
@@ -1297,6 +1271,27 @@ fn with_os_cause(conn: &Connection, fail: Fail) -> Fail {
         }
         other => other,
     }
+}
+
+/// Pin (app, spec_hash) as bad, or renew its pin with this reason.
+fn upsert_pin(
+    tx: &Transaction<'_>,
+    app: &str,
+    spec_hash: &str,
+    reason: &str,
+    deployment_id: i64,
+    at: i64,
+) -> Result<(), Fail> {
+    tx.execute(
+        "INSERT INTO pins (app, spec_hash, reason, deployment_id, at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app, spec_hash) DO UPDATE
+         SET reason = excluded.reason,
+             deployment_id = excluded.deployment_id,
+             at = excluded.at",
+        params![app, spec_hash, reason, deployment_id, at],
+    )?;
+    Ok(())
 }
 
 /// One event of an environment's history (what it runs, and why).
