@@ -15,7 +15,9 @@
 //! each environment is activated by a `deploy` step (`command` running
 //! `true`) and the bench serves every app itself, one loopback port per app
 //! and one path per environment (`/APP/ENV`), so 400 app processes do not
-//! measure the machine instead of the agent. The build is `true` too.
+//! measure the machine instead of the agent. They keep connections open
+//! between requests (HTTP/1.1 keep-alive) as app servers do; the agent
+//! reuses them. The build is `true` too.
 //!
 //! Measured once every environment is deployed and under the health guard:
 //! agent CPU (utime + stime from `/proc/PID/stat`, as % of one core), RSS
@@ -111,6 +113,8 @@ impl AppServers {
     }
 }
 
+/// One connection: requests answered in turn while the agent keeps it
+/// open (HTTP/1.1 keep-alive, as a real app server does).
 async fn serve(
     mut stream: tokio::net::TcpStream,
     seen: Arc<Mutex<Vec<EnvSeen>>>,
@@ -119,35 +123,44 @@ async fn serve(
 ) {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf[len..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => len += n,
-        }
-        if len == buf.len() {
+    loop {
+        let end = loop {
+            if let Some(at) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if len == buf.len() {
+                return;
+            }
+            match stream.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => len += n,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]);
+        let path = head.split_whitespace().nth(1).unwrap_or("");
+        let reply: &[u8] = match paths.get(path) {
+            Some(&i) => {
+                let now = Instant::now();
+                let mut seen = seen.lock().unwrap();
+                let s = &mut seen[i];
+                s.requests += 1;
+                if measuring.load(Ordering::Relaxed)
+                    && let Some(last) = s.last
+                {
+                    s.gaps_ms.push((now - last).as_secs_f64() * 1e3);
+                }
+                s.last = Some(now);
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            }
+            None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        };
+        if stream.write_all(reply).await.is_err() {
             return;
         }
+        // The checks' GETs have no body: the next request starts here.
+        buf.copy_within(end..len, 0);
+        len -= end;
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let path = head.split_whitespace().nth(1).unwrap_or("");
-    let reply: &[u8] = match paths.get(path) {
-        Some(&i) => {
-            let now = Instant::now();
-            let mut seen = seen.lock().unwrap();
-            let s = &mut seen[i];
-            s.requests += 1;
-            if measuring.load(Ordering::Relaxed)
-                && let Some(last) = s.last
-            {
-                s.gaps_ms.push((now - last).as_secs_f64() * 1e3);
-            }
-            s.last = Some(now);
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-        }
-        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-    };
-    let _ = stream.write_all(reply).await;
-    let _ = stream.shutdown().await;
 }
 
 fn app_name(i: usize) -> String {

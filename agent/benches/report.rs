@@ -49,9 +49,9 @@ const SECTIONS: &[(&str, &str, &str)] = &[
          deployed, health every 2 s, nothing else happening. Load: 200 apps × 2 environments \
          (staging → production), every environment health-checked every second by the \
          builtin `http-check` against real loopback HTTP servers (the bench serves them: one \
-         port per app, one path per environment; environments are activated by a `deploy` \
-         step running `true` instead of 400 app processes, so the machine is not what is \
-         measured). Apps are added 25 at a time by config edits; measuring starts once all \
+         port per app, one path per environment, HTTP/1.1 keep-alive as app servers do; \
+         environments are activated by a `deploy` step running `true` instead of 400 app \
+         processes, so the machine is not what is measured). Apps are added 25 at a time by config edits; measuring starts once all \
          are deployed and under the health guard. CPU from `/proc/PID/stat` (utime + stime) \
          over the window, as % of one core; RSS from `VmRSS` every second. Check latency \
          is the health-check step duration from the agent's \

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Replaces known secret values with `[REDACTED:name]`. Its `Debug` shows
 /// only the names.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Redactor {
     /// (name, value), longest value first so overlapping secrets redact fully.
     secrets: Arc<Vec<(String, String)>>,

@@ -64,6 +64,8 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut last_tick, mut skipping) = (None, None);
     let mut known: Option<crate::runtime::ReleaseRef> = None;
+    // The environment's journal state, with the journal generation read at.
+    let mut read: Option<(u64, Option<crate::store::EnvState>)> = None;
     loop {
         let tick = ticks.tick().await;
         if let Some(last) = last_tick.replace(tick) {
@@ -74,17 +76,23 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
             }
         }
         // Only a settled environment (running its last good release) is
-        // guarded; anything else is a deployment's business.
-        let state = match shared.journal.env_state(&app, &env.name) {
-            Ok(Some(state)) => state,
-            // Nothing deployed here (yet): no check is due.
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(app = %app, env = %env.name, error = %e, "health guard cannot read the journal");
-                skipped(&app, &env.name, "journal", 1, &mut skipping);
-                continue;
-            }
+        // guarded; anything else is a deployment's business. Read again
+        // only after the journal changed (400 reads a second otherwise).
+        let generation = shared.journal.generation();
+        let state = match read.take().filter(|(g, _)| *g == generation) {
+            Some((_, state)) => state,
+            None => match shared.journal.env_state(&app, &env.name) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!(app = %app, env = %env.name, error = %e, "health guard cannot read the journal");
+                    skipped(&app, &env.name, "journal", 1, &mut skipping);
+                    continue;
+                }
+            },
         };
+        read = Some((generation, state.clone()));
+        // Nothing deployed here (yet): no check is due.
+        let Some(state) = state else { continue };
         let Some(current) = state.current_release.clone() else {
             // Nothing runs (a rollback could not start one): nothing to check.
             failures = 0;

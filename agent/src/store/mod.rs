@@ -19,6 +19,7 @@ use rusqlite::{
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -372,6 +373,8 @@ impl From<StoreError> for Fail {
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Bumped by every write: see [`Journal::generation`].
+    generation: AtomicU64,
 }
 
 // The engine shares one journal between tasks; keep that true at compile time.
@@ -429,6 +432,7 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -1130,6 +1134,7 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -1170,6 +1175,14 @@ impl Journal {
     }
 
     /// Run read-only queries (each statement sees one consistent snapshot).
+    /// A number that changes with every write this journal makes (the
+    /// agent is its only writer). A reader that keeps what it read with the
+    /// generation it read at can skip reading again until it changes: the
+    /// health guard asks for an environment's state before every check.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn read<T>(
         &self,
         op: &'static str,
@@ -1195,6 +1208,7 @@ impl Journal {
             Ok(value)
         };
         let result = run();
+        self.generation.fetch_add(1, Ordering::Release);
         let value = result.map_err(|e| self.error(op, with_os_cause(&conn, e)))?;
         // Still holding the connection: the crash matrix numbers transitions
         // in commit order, and an injected crash lets nothing commit after.

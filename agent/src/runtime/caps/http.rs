@@ -9,6 +9,7 @@
 //! connection itself, so a DNS server that answers differently within
 //! milliseconds could still slip past; grant IPs where that matters.
 
+use crate::runtime::caps::keepalive::ConnectionPool;
 use crate::runtime::caps::log::{Level, Source, StepLog};
 use crate::runtime::grants::{HostPattern, is_internal};
 use http_body_util::BodyExt;
@@ -19,6 +20,8 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 pub struct HttpPolicy {
     pub allowed: Arc<Vec<HostPattern>>,
     pub log: StepLog,
+    /// Idle connections shared by every step (see `keepalive`).
+    pub pool: Arc<ConnectionPool>,
 }
 
 /// Why a destination is refused, or Ok if some grant admits it.
@@ -71,6 +74,7 @@ impl WasiHttpHooks for HttpPolicy {
         drop(fut);
         let allowed = self.allowed.clone();
         let log = self.log.clone();
+        let pool = self.pool.clone();
         Box::new(async move {
             let uri = request.uri();
             let host = uri.host().unwrap_or_default().to_string();
@@ -94,6 +98,9 @@ impl WasiHttpHooks for HttpPolicy {
                 &format!("http {target}"),
                 Vec::new(),
             );
+            if ConnectionPool::handles(&request) {
+                return pool.send(request, options).await;
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),

@@ -51,7 +51,7 @@ mod unix_millis {
 }
 
 /// Labels every line of one step carries in the agent's log stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepLabels {
     pub plugin: String,
     pub kind: String,

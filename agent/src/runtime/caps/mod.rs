@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod http;
+pub mod keepalive;
 pub mod log;
 pub mod secret;
 pub mod wasi;

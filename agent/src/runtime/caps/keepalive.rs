@@ -1,0 +1,411 @@
+//! Keep-alive connections for plugins' plain-HTTP requests.
+//!
+//! A health check every second used to open a TCP connection, send one
+//! request and close it again: connect, accept, two FIN handshakes and a
+//! TIME_WAIT socket per check, about a quarter of the agent's CPU at 400
+//! guarded environments. Here an idle HTTP/1.1 connection goes back to a
+//! pool keyed by `host:port` and the next request to that address reuses it.
+//!
+//! What is pooled, and why only that:
+//! - plain `http` only: TLS requests (webhooks, mostly) are rare and keep
+//!   wasmtime's default path;
+//! - idempotent methods only (GET, HEAD, OPTIONS): a server may close an
+//!   idle connection just as a request goes out on it. Such a request is
+//!   sent again once on a new connection, which is safe only when sending
+//!   it twice is. Other methods get a new connection each time, as before;
+//! - the request body is read whole before sending so it can be resent
+//!   (these methods' bodies are empty in practice).
+//!
+//! Pooling does not widen a grant: every request is authorized before it
+//! gets here, and a connection is only reused for the same `host:port`. The
+//! connection carries no credentials of its own (no TLS session, no cookies),
+//! so reuse between plugins granted the same address gives nothing away.
+
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+/// An idle connection is dropped after this long unused. Long enough for
+/// checks a few seconds apart to reuse it; servers that close sooner only
+/// cost a resend (see the module doc).
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Idle connections kept per `host:port` (checks of one address are spread
+/// over the interval, so one is usually enough).
+const IDLE_PER_HOST: usize = 4;
+/// Idle connections kept in all: each is an open file and a task.
+const IDLE_MAX: usize = 512;
+/// How long a kept connection may take to finish its last exchange before
+/// it is given up for a new one.
+const READY_WAIT: Duration = Duration::from_millis(100);
+/// wasmtime's default when a request sets no timeout.
+const NO_TIMEOUT: Duration = Duration::from_secs(600);
+
+type Sender = SendRequest<Full<Bytes>>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_FOR
+    }
+}
+
+/// The agent's pool of idle plain-HTTP connections, shared by all steps.
+#[derive(Default)]
+pub struct ConnectionPool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+/// The response and the future wasi:http waits on for the connection's
+/// I/O to end (here: nothing to wait for, the connection has its own task).
+pub type Sent = (
+    Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+);
+
+impl ConnectionPool {
+    /// Whether `send` handles this request; the rest take wasmtime's
+    /// default path (a new connection each time).
+    pub fn handles(request: &Request<WasiBody>) -> bool {
+        request.uri().scheme() == Some(&Scheme::HTTP)
+            && matches!(
+                *request.method(),
+                Method::GET | Method::HEAD | Method::OPTIONS
+            )
+    }
+
+    /// Send `request` on an idle connection to its address, or a new one.
+    /// The caller has authorized the destination.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+    ) -> Result<Sent, Error> {
+        let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
+            options.as_ref().and_then(pick).unwrap_or(NO_TIMEOUT)
+        };
+        let connect_timeout = timeout(|o| o.connect_timeout);
+        let first_byte_timeout = timeout(|o| o.first_byte_timeout);
+        let between_bytes_timeout = timeout(|o| o.between_bytes_timeout);
+
+        let uri = request.uri();
+        let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
+        let key = match authority.port() {
+            Some(_) => authority.to_string(),
+            None => format!("{authority}:80"),
+        };
+        let (mut parts, body) = request.into_parts();
+        // On the wire the target is origin-form (no scheme or authority).
+        parts.uri = http::Uri::builder()
+            .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+            .build()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let body = tokio::time::timeout(first_byte_timeout, body.collect())
+            .await
+            .map_err(|_| Error::ConnectionWriteTimeout)??
+            .to_bytes();
+
+        let mut reused = self.take(&key);
+        loop {
+            let (mut sender, was_idle) = match reused.take() {
+                // Given back at the end of its last body: hyper may still be
+                // closing that exchange. If it closed the connection instead
+                // (the server said `connection: close`), open a new one.
+                Some(mut sender) => match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                    Ok(Ok(())) => (sender, true),
+                    _ => continue,
+                },
+                None => (connect(&key, connect_timeout).await?, false),
+            };
+            let request = Request::from_parts(parts.clone(), Full::new(body.clone()));
+            let response = match tokio::time::timeout(
+                first_byte_timeout,
+                sender.send_request(request),
+            )
+            .await
+            {
+                Ok(Ok(response)) => response,
+                // The server closed the idle connection as the request
+                // went out: send it once more, on a new connection.
+                Ok(Err(e)) if was_idle => {
+                    tracing::debug!(to = %key, error = %e, "kept-alive connection was closed; resending on a new one");
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(Error::ConnectionReadTimeout),
+            };
+            let response = response.map(|incoming| {
+                TimedBody {
+                    incoming,
+                    between_bytes: between_bytes_timeout,
+                    deadline: Box::pin(tokio::time::sleep(between_bytes_timeout)),
+                    give_back: Some((Arc::clone(self), key.clone(), sender)),
+                }
+                .boxed_unsync()
+            });
+            let io: Box<dyn Future<Output = _> + Send> = Box::new(async { Ok(()) });
+            return Ok((response, io));
+        }
+    }
+
+    /// An idle connection to `key` that is still open, if any.
+    fn take(&self, key: &str) -> Option<Sender> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("connection pool poisoned");
+        let list = idle.get_mut(key)?;
+        // Newest first: the most recently used is the least likely closed.
+        let found = std::iter::from_fn(|| list.pop()).find(|c| c.usable(now));
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found.map(|c| c.sender)
+    }
+
+    /// Keep `sender` for the next request to `key`, within the limits.
+    fn put(&self, key: String, sender: Sender) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("connection pool poisoned");
+        let list = idle.entry(key).or_default();
+        list.retain(|c| c.usable(now));
+        if list.len() >= IDLE_PER_HOST {
+            list.remove(0);
+        }
+        list.push(Idle { sender, since: now });
+        if idle.values().map(Vec::len).sum::<usize>() > IDLE_MAX {
+            // Sweep the closed and stale; if still over, drop the oldest.
+            idle.retain(|_, list| {
+                list.retain(|c| c.usable(now));
+                !list.is_empty()
+            });
+            while idle.values().map(Vec::len).sum::<usize>() > IDLE_MAX {
+                let oldest = idle
+                    .iter()
+                    .filter_map(|(k, list)| list.first().map(|c| (k.clone(), c.since)))
+                    .min_by_key(|(_, since)| *since)
+                    .map(|(k, _)| k);
+                let Some(oldest) = oldest else { break };
+                if let Some(list) = idle.get_mut(&oldest) {
+                    list.remove(0);
+                    if list.is_empty() {
+                        idle.remove(&oldest);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Idle connections held now (for tests).
+    pub fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().expect("connection pool poisoned");
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// A new HTTP/1.1 connection to `key` (`host:port`), driven by its own task
+/// until the server closes it or the pool drops its sender.
+async fn connect(key: &str, timeout: Duration) -> Result<Sender, Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(key))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Connect)?;
+    // Small requests and responses: do not wait to fill a segment.
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "kept-alive connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// A response body that fails if the server goes quiet for longer than the
+/// request's between-bytes timeout (as wasmtime's default path does), and
+/// gives its connection back to the pool once read to the end. (Not ready
+/// at that instant, maybe: hyper finishes the exchange on the connection's
+/// task; `take` checks readiness when the connection is next wanted.) A
+/// body dropped unread closes its connection, which is then not reused.
+struct TimedBody {
+    incoming: hyper::body::Incoming,
+    between_bytes: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    give_back: Option<(Arc<ConnectionPool>, String, Sender)>,
+}
+
+impl TimedBody {
+    fn ended(&mut self) {
+        if let Some((pool, key, sender)) = self.give_back.take() {
+            pool.put(key, sender);
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        // A body known empty (HEAD, `content-length: 0`) may never be polled.
+        if self.incoming.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.between_bytes;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(if e.is_timeout() {
+                Error::HttpResponseTimeout
+            } else {
+                e.into()
+            }))),
+            Poll::Ready(None) => {
+                self.ended();
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP/1.1 server answering `ok` to every request; counts
+    /// connections. `close_after_each`: it closes the connection after each
+    /// response *without* saying so, as a server whose keep-alive timeout
+    /// just ran out does.
+    async fn server(close_after_each: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() || close_after_each {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    fn get(port: u16) -> Request<WasiBody> {
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Request::get(format!("http://127.0.0.1:{port}/health"))
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            .body(body)
+            .unwrap()
+    }
+
+    async fn body_of(pool: &Arc<ConnectionPool>, port: u16) -> String {
+        let (response, _io) = pool.send(get(port), None).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_to_one_address_share_a_connection() {
+        let (port, accepted) = server(false).await;
+        let pool = Arc::new(ConnectionPool::default());
+        for _ in 0..5 {
+            assert_eq!(body_of(&pool, port).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced_not_failed() {
+        let (port, accepted) = server(true).await;
+        let pool = Arc::new(ConnectionPool::default());
+        for _ in 0..5 {
+            assert_eq!(body_of(&pool, port).await, "ok");
+        }
+        // Every request got its answer, each on a connection of its own.
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn only_plain_idempotent_requests_are_pooled() {
+        let mut request = get(80);
+        assert!(ConnectionPool::handles(&request));
+        *request.method_mut() = Method::POST;
+        assert!(!ConnectionPool::handles(&request));
+        let mut tls = get(443);
+        *tls.uri_mut() = "https://127.0.0.1:443/".parse().unwrap();
+        assert!(!ConnectionPool::handles(&tls));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_does_not_return_its_connection() {
+        let (port, accepted) = server(false).await;
+        let pool = Arc::new(ConnectionPool::default());
+        let (response, _io) = pool.send(get(port), None).await.unwrap();
+        drop(response);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(body_of(&pool, port).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
