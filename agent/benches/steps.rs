@@ -19,7 +19,7 @@ mod support;
 use serde_json::json;
 use slipway::runtime::{
     Plugin, PluginSource, Runtime, RuntimeConfig, StepKind, StepRequest, StepValue, builtin,
-    cache::{CacheOutcome, CompileCache},
+    cache::CacheOutcome,
 };
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -232,8 +232,10 @@ async fn main() {
         .unwrap();
     let sha = slipway::runtime::cache::sha256_hex(bytes);
     let engine = rt.engine();
-    let no_cache = CompileCache::new(engine, None);
-    let cache = CompileCache::new(engine, Some(&state.path().join("bench-cache")));
+    let no_cache = rt.cache().rooted(engine, None);
+    let cache = rt
+        .cache()
+        .rooted(engine, Some(&state.path().join("bench-cache")));
     cache.load(engine, bytes, &sha).unwrap();
     let (mut compile, mut load) = (Samples::default(), Samples::default());
     for _ in 0..ROUNDS {
@@ -321,8 +323,8 @@ async fn languages(rt: &Runtime, server: &HttpServer, state: &std::path::Path) {
     }
 
     let engine = rt.engine();
-    let no_cache = CompileCache::new(engine, None);
-    let cache = CompileCache::new(engine, Some(&state.join("lang-cache")));
+    let no_cache = rt.cache().rooted(engine, None);
+    let cache = rt.cache().rooted(engine, Some(&state.join("lang-cache")));
     for l in &mut langs {
         let sha = slipway::runtime::cache::sha256_hex(&l.bytes);
         cache.load(engine, &l.bytes, &sha).unwrap();

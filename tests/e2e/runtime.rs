@@ -488,8 +488,9 @@ async fn the_compile_cache_serves_the_second_load() {
     assert_eq!(health(&out).0, Health::Healthy);
 
     // A corrupt entry is discarded and recompiled, not trusted. (Entries are
-    // mmapped while loaded; the agent only ever replaces them by rename.)
-    drop(second);
+    // mmapped while loaded, the first load's too: it maps the entry it just
+    // wrote. The agent only ever replaces them by rename.)
+    drop((first, second));
     std::fs::write(&entry, b"garbage").unwrap();
     let third = Runtime::new(&config)
         .unwrap()

@@ -11,8 +11,8 @@
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
 
 /// How a component was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -38,14 +38,27 @@ impl CacheOutcome {
 }
 
 /// The compile cache of one engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    /// The engine's settings, for an engine that compiles one component
+    /// and is dropped: cranelift keeps its working memory (5 MB after the
+    /// builtin plugins) in the engine that compiled, for good otherwise.
+    compiler: Config,
+}
+
+impl std::fmt::Debug for CompileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompileCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CompileCache {
-    /// A cache under `root` for this engine; `None` disables caching.
-    pub fn new(engine: &Engine, root: Option<&Path>) -> Self {
+    /// A cache under `root` for `engine`, made from `config`; `None`
+    /// disables caching.
+    pub fn new(engine: &Engine, config: &Config, root: Option<&Path>) -> Self {
         let dir = root.map(|root| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut h);
@@ -55,7 +68,15 @@ impl CompileCache {
                 h.finish()
             ))
         });
-        Self { dir }
+        let mut compiler = config.clone();
+        compiler.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+        Self { dir, compiler }
+    }
+
+    /// This cache's settings under another root (`None`: no cache), for
+    /// the same engine.
+    pub fn rooted(&self, engine: &Engine, root: Option<&Path>) -> Self {
+        Self::new(engine, &self.compiler, root)
     }
 
     /// Where the compiled form of a component with this sha256 lives.
@@ -83,28 +104,44 @@ impl CompileCache {
                 }
             }
         }
-        let component = Component::new(engine, bytes)?;
-        let outcome = match self.path_for(sha256) {
-            Some(path) => match store(&component, &path) {
-                Ok(()) => CacheOutcome::Compiled,
+        let compiled = Engine::new(&self.compiler)?.precompile_component(bytes)?;
+        if let Some(path) = self.path_for(sha256) {
+            match store(&compiled, &path) {
+                // SAFETY: as above; the file was written just now.
+                Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(component) => return Ok((component, CacheOutcome::Compiled)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "could not load the compile cache entry just written");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "could not write compile cache entry");
-                    CacheOutcome::CompiledUncached
                 }
-            },
-            None => CacheOutcome::CompiledUncached,
-        };
-        Ok((component, outcome))
+            }
+        }
+        // SAFETY: compiled just now by an engine with this engine's settings.
+        let component = unsafe { Component::deserialize(engine, &compiled)? };
+        Ok((component, CacheOutcome::CompiledUncached))
     }
 }
 
 /// Write atomically: a crash mid-write leaves a temp file, never a torn entry.
-fn store(component: &Component, path: &Path) -> wasmtime::Result<()> {
-    let bytes = component.serialize()?;
+fn store(bytes: &[u8], path: &Path) -> wasmtime::Result<()> {
     let dir = path.parent().expect("cache path has a parent");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &bytes)?;
+    // A name of its own per write: plugins compile in parallel, the same
+    // one maybe twice at once, and a file another load has mmapped must
+    // never be truncated under it (SIGBUS) — only replaced by rename.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().expect("cache path has a file name");
+    let tmp = dir.join(format!(
+        ".{}.{}.{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
