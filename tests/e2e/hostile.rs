@@ -83,7 +83,6 @@ fn spawn_agent(q: &Quickstart, name: &str, setup: impl FnOnce(&mut Command)) -> 
     Agent { child, log }
 }
 
-/// Wait for an agent that should refuse to start: (exit code, its log).
 /// Start the agent normally (nothing hostile left) and wait until
 /// production serves 1.0.0 again, with every record kept and no panic.
 fn comes_back(q: &Quickstart, before: &[String]) -> Agent {
@@ -99,6 +98,7 @@ fn comes_back(q: &Quickstart, before: &[String]) -> Agent {
     agent
 }
 
+/// Wait for an agent that should refuse to start: (exit code, its log).
 fn run_to_exit(mut agent: Agent) -> (i32, String) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
