@@ -275,6 +275,26 @@ async fn a_memory_bomb_is_stopped_at_its_limit() {
     }
 }
 
+/// Host resources (files, streams, requests) live in the agent's memory,
+/// not the plugin's: a plugin that hoards them is stopped at a count.
+#[tokio::test]
+async fn a_plugin_hoarding_host_resources_is_stopped_at_its_limit() {
+    let rt = runtime();
+    let plugin = load_file(&rt, &fixture("hostile")).await;
+    let out = hostile(&plugin, "handles", "", |s| {
+        s.limits(|l| l.max_resources = 500)
+    })
+    .await;
+    match out.result {
+        Err(StepError::ResourceLimit(m)) => {
+            assert!(m.contains("holds 500 host resources"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = hostile(&plugin, "ok", "", |s| s).await;
+    assert_eq!(health(&out).0, Health::Healthy);
+}
+
 #[tokio::test]
 async fn a_panicking_plugin_fails_only_its_step() {
     let rt = runtime();
@@ -607,6 +627,40 @@ async fn a_warm_instance_is_reused_while_its_sandbox_is_the_same_and_dropped_aft
     );
     assert!(slot.is_none());
     assert_eq!(warm(&mut slot, &other).await.1, "call 1");
+}
+
+/// A warm http-check gives back every host resource each request used:
+/// wasmtime-wasi-http kept each request's options for the instance's life
+/// (one table entry a check, for up to WARM_MAX_CALLS checks).
+#[tokio::test]
+async fn a_warm_http_check_holds_no_more_resources_after_many_checks() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let rt = runtime();
+    let plugin = load_builtin(&rt, "http-check").await;
+    // Fewer resources than checks: one kept per check would hit it.
+    let step = Step::new(StepKind::HealthCheck, json!({ "url": url }))
+        .grants(|g| g.http = patterns(&["127.0.0.1:*"]))
+        .limits(|l| l.max_resources = 64);
+    let mut slot = None;
+    for check in 0..300 {
+        let outcome = plugin.run_warm(&mut slot, &step.request).await;
+        assert_eq!(
+            health(&outcome).0,
+            Health::Healthy,
+            "check {check}: {:?}",
+            outcome.result
+        );
+        assert!(slot.is_some(), "check {check} dropped the warm instance");
+    }
 }
 
 /// More steps at once than the instance pool has slots (200 apps deploying

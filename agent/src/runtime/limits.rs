@@ -19,6 +19,10 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Bytes of stdout and of stderr kept per `exec` call (the tail).
     pub max_exec_output_bytes: usize,
+    /// Host resources (open files and directories, streams, HTTP requests
+    /// and responses, pollables) a plugin may hold at once. Each lives in
+    /// the agent's memory, which `memory_bytes` does not count.
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +33,7 @@ impl Default for Limits {
             max_output_bytes: 64 * 1024,
             max_log_bytes: 256 * 1024,
             max_exec_output_bytes: 1024 * 1024,
+            max_resources: 10_000,
         }
     }
 }

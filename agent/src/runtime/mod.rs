@@ -47,11 +47,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::component::{InstancePre, Linker, ResourceTable};
+use wasmtime::component::{InstancePre, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::{WasiHttp, WasiHttpCtx, WasiHttpView};
 
 /// How often the epoch advances; a runaway plugin overshoots its wall-time
 /// limit by at most about this much.
@@ -220,8 +220,16 @@ impl Runtime {
             |r: wasmtime::Result<()>, what: &str| r.map_err(|e| format!("linking {what}: {e:#}"));
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker), "wasi")?;
         link(
-            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker),
-            "wasi:http",
+            wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, WasiHttp>(
+                &mut linker,
+                &Default::default(),
+                StepState::http,
+            ),
+            "wasi:http/types",
+        )?;
+        link(
+            state::link_outgoing_handler(&mut linker),
+            "wasi:http/outgoing-handler",
         )?;
         link(
             state::bindings::slipway::plugin::host::add_to_linker::<_, HostImports>(
@@ -1063,7 +1071,11 @@ impl Sandbox {
                 log: log.clone(),
                 pool: pool.clone(),
             },
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(limits.max_resources);
+                table
+            },
             limiter: Limiter {
                 memory_bytes: limits.memory_bytes,
                 table_elements: 200_000,
@@ -1148,6 +1160,17 @@ impl Sandbox {
                 }
                 if let Some(hit) = self.store.data().limiter.hit.clone() {
                     return Err(StepError::ResourceLimit(hit));
+                }
+                if error.chain().any(|e| {
+                    matches!(
+                        e.downcast_ref::<ResourceTableError>(),
+                        Some(ResourceTableError::Full)
+                    )
+                }) {
+                    return Err(StepError::ResourceLimit(format!(
+                        "resource limit exceeded: the plugin holds {} host resources (open files, streams, HTTP requests...) at once, the most a step may",
+                        limits.max_resources
+                    )));
                 }
                 Err(StepError::Trap(self.describe_trap(&error)))
             }

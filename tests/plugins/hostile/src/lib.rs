@@ -41,6 +41,17 @@ fn attempt(ctx: &StepContext, p: &Params) -> Result<String, String> {
                 std::hint::black_box(&hoard);
             }
         }
+        "handles" => {
+            // Each read_dir holds a descriptor and a directory stream in the
+            // host, outside the plugin's own memory.
+            for held in 0..1_000_000 {
+                match std::fs::read_dir(&ctx.release.dir) {
+                    Ok(dir) => std::mem::forget(dir),
+                    Err(e) => return Err(format!("read_dir failed after {held}: {e}")),
+                }
+            }
+            Ok("held a million directory handles".into())
+        }
         "panic" => panic!("boom: the plugin panicked on purpose"),
         "read" => std::fs::read_to_string(&p.target).map_err(|e| format!("read {}: {e}", p.target)),
         "write" => std::fs::write(&p.target, b"pwned")
