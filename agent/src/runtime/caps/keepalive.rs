@@ -16,6 +16,13 @@
 //! - the request body is read whole before sending so it can be resent
 //!   (these methods' bodies are empty in practice).
 //!
+//! A connection has no task of its own: whoever waits on it (a request,
+//! then its response body) polls it, so a check's I/O runs in the check's
+//! task. With a task per connection, each check woke that task and it woke
+//! the check back, often on the other core. An idle connection is not
+//! polled: a server's close is found when it is next used (then it is
+//! replaced, as above) or when it expires.
+//!
 //! Pooling does not widen a grant: every request is authorized before it
 //! gets here, and a connection is only reused for the same `host:port`. The
 //! connection carries no credentials of its own (no TLS session, no cookies),
@@ -52,15 +59,59 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 const NO_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Sender = SendRequest<Full<Bytes>>;
+type Connection = Pin<Box<hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+/// One connection: the handle requests go through and the connection
+/// future that does its I/O when polled ([`Link::drive`]).
+struct Link {
+    sender: Sender,
+    /// None once the connection has ended (then dropped, which fails
+    /// whatever still waits on `sender`).
+    connection: Option<Connection>,
+}
+
+impl Link {
+    /// Wait for `fut` (a request on this link, or its body) while driving
+    /// the connection.
+    fn poll_with<T>(
+        connection: &mut Option<Connection>,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if let Poll::Ready(out) = poll(cx) {
+            return Poll::Ready(out);
+        }
+        if let Some(conn) = connection {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "kept-alive connection ended");
+                }
+                *connection = None;
+            }
+            // The connection may have made `fut` ready (or failed it).
+            return poll(cx);
+        }
+        Poll::Pending
+    }
+
+    async fn drive<F: Future>(connection: &mut Option<Connection>, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| Self::poll_with(connection, cx, |cx| fut.as_mut().poll(cx))).await
+    }
+
+    fn open(&self) -> bool {
+        self.connection.is_some() && !self.sender.is_closed()
+    }
+}
 
 struct Idle {
-    sender: Sender,
+    link: Link,
     since: Instant,
 }
 
 impl Idle {
     fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_FOR
+        self.link.open() && now.duration_since(self.since) < IDLE_FOR
     }
 }
 
@@ -68,10 +119,13 @@ impl Idle {
 #[derive(Default)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// When `put` last closed the expired connections of every address
+    /// (an idle connection is not polled, so nothing else closes it).
+    swept: Mutex<Option<Instant>>,
 }
 
 /// The response and the future wasi:http waits on for the connection's
-/// I/O to end (here: nothing to wait for, the connection has its own task).
+/// I/O to end (here: nothing to wait for, the body drives the connection).
 pub type Sent = (
     Response<WasiBody>,
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
@@ -121,26 +175,31 @@ impl ConnectionPool {
 
         let mut reused = self.take(&key);
         loop {
-            let (mut sender, was_idle) = match reused.take() {
+            let (mut link, was_idle) = match reused.take() {
                 // Given back at the end of its last body: hyper may still be
-                // closing that exchange. If it closed the connection instead
-                // (the server said `connection: close`), open a new one.
-                Some(mut sender) => match tokio::time::timeout(READY_WAIT, sender.ready()).await {
-                    Ok(Ok(())) => (sender, true),
-                    _ => continue,
-                },
+                // finishing that exchange, or find the server closed it.
+                Some(mut link) => {
+                    let ready = tokio::time::timeout(
+                        READY_WAIT,
+                        Link::drive(&mut link.connection, link.sender.ready()),
+                    )
+                    .await;
+                    match ready {
+                        Ok(Ok(())) => (link, true),
+                        _ => continue,
+                    }
+                }
                 None => (connect(&key, connect_timeout).await?, false),
             };
             let request = Request::from_parts(parts.clone(), Full::new(body.clone()));
+            let Link { sender, connection } = &mut link;
             let response = match tokio::time::timeout(
                 first_byte_timeout,
-                sender.send_request(request),
+                Link::drive(connection, sender.send_request(request)),
             )
             .await
             {
                 Ok(Ok(response)) => response,
-                // The server closed the idle connection as the request
-                // went out: send it once more, on a new connection.
                 Ok(Err(e)) if was_idle => {
                     tracing::debug!(to = %key, error = %e, "kept-alive connection was closed; resending on a new one");
                     continue;
@@ -153,7 +212,8 @@ impl ConnectionPool {
                     incoming,
                     between_bytes: between_bytes_timeout,
                     deadline: Box::pin(tokio::time::sleep(between_bytes_timeout)),
-                    give_back: Some((Arc::clone(self), key.clone(), sender)),
+                    link: Some(link),
+                    give_back: Some((Arc::clone(self), key.clone())),
                 }
                 .boxed_unsync()
             });
@@ -162,8 +222,7 @@ impl ConnectionPool {
         }
     }
 
-    /// An idle connection to `key` that is still open, if any.
-    fn take(&self, key: &str) -> Option<Sender> {
+    fn take(&self, key: &str) -> Option<Link> {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("connection pool poisoned");
         let list = idle.get_mut(key)?;
@@ -172,11 +231,11 @@ impl ConnectionPool {
         if list.is_empty() {
             idle.remove(key);
         }
-        found.map(|c| c.sender)
+        found.map(|c| c.link)
     }
 
-    /// Keep `sender` for the next request to `key`, within the limits.
-    fn put(&self, key: String, sender: Sender) {
+    /// Keep `link` for the next request to `key`, within the limits.
+    fn put(&self, key: String, link: Link) {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("connection pool poisoned");
         let list = idle.entry(key).or_default();
@@ -184,7 +243,16 @@ impl ConnectionPool {
         if list.len() >= IDLE_PER_HOST {
             list.remove(0);
         }
-        list.push(Idle { sender, since: now });
+        list.push(Idle { link, since: now });
+        let mut swept = self.swept.lock().expect("connection pool poisoned");
+        let sweep_due = swept.is_none_or(|at| now.duration_since(at) >= IDLE_FOR / 2);
+        if sweep_due {
+            *swept = Some(now);
+            idle.retain(|_, list| {
+                list.retain(|c| c.usable(now));
+                !list.is_empty()
+            });
+        }
         if idle.values().map(Vec::len).sum::<usize>() > IDLE_MAX {
             // Sweep the closed and stale; if still over, drop the oldest.
             idle.retain(|_, list| {
@@ -215,9 +283,9 @@ impl ConnectionPool {
     }
 }
 
-/// A new HTTP/1.1 connection to `key` (`host:port`), driven by its own task
-/// until the server closes it or the pool drops its sender.
-async fn connect(key: &str, timeout: Duration) -> Result<Sender, Error> {
+/// A new HTTP/1.1 connection to `key` (`host:port`), driven by whoever
+/// waits on it (see [`Link`]).
+async fn connect(key: &str, timeout: Duration) -> Result<Link, Error> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(key))
         .await
         .map_err(|_| Error::ConnectionTimeout)?
@@ -230,31 +298,33 @@ async fn connect(key: &str, timeout: Duration) -> Result<Sender, Error> {
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "kept-alive connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(Link {
+        sender,
+        connection: Some(Box::pin(connection)),
+    })
 }
 
 /// A response body that fails if the server goes quiet for longer than the
 /// request's between-bytes timeout (as wasmtime's default path does), and
 /// gives its connection back to the pool once read to the end. (Not ready
-/// at that instant, maybe: hyper finishes the exchange on the connection's
-/// task; `take` checks readiness when the connection is next wanted.) A
+/// at that instant, maybe: hyper finishes the exchange when the connection
+/// is next polled; `send` waits for readiness when it is next wanted.) A
 /// body dropped unread closes its connection, which is then not reused.
 struct TimedBody {
     incoming: hyper::body::Incoming,
     between_bytes: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    give_back: Option<(Arc<ConnectionPool>, String, Sender)>,
+    /// The connection the body arrives on, driven while it is read.
+    link: Option<Link>,
+    give_back: Option<(Arc<ConnectionPool>, String)>,
 }
 
 impl TimedBody {
     fn ended(&mut self) {
-        if let Some((pool, key, sender)) = self.give_back.take() {
-            pool.put(key, sender);
+        if let (Some((pool, key)), Some(link)) = (self.give_back.take(), self.link.take())
+            && link.open()
+        {
+            pool.put(key, link);
         }
     }
 }
@@ -276,7 +346,15 @@ impl Body for TimedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        match Pin::new(&mut self.incoming).poll_frame(cx) {
+        let this = &mut *self;
+        let incoming = &mut this.incoming;
+        let frame = match &mut this.link {
+            Some(link) => Link::poll_with(&mut link.connection, cx, |cx| {
+                Pin::new(&mut *incoming).poll_frame(cx)
+            }),
+            None => Pin::new(incoming).poll_frame(cx),
+        };
+        match frame {
             Poll::Ready(Some(Ok(frame))) => {
                 let next = tokio::time::Instant::now() + self.between_bytes;
                 self.deadline.as_mut().reset(next);
