@@ -12,7 +12,7 @@
 //! second for months would bury the deployments the journal is for.
 
 use super::notify::State;
-use super::pipeline::{release_ref, rollback, run_step};
+use super::pipeline::{PreparedStep, prepare_step, release_ref, rollback, run_prepared};
 use super::{Desired, EngineError, Shared};
 use crate::config::{EnvConfig, OnFailure};
 use crate::runtime::ReleaseRef;
@@ -39,7 +39,10 @@ pub(super) async fn guard(shared: Arc<Shared>, desired: Desired) -> Unhealthy {
         .iter()
         .filter(|e| e.health.is_some() && e.on_failure == OnFailure::Rollback)
     {
-        tasks.spawn(guard_env(shared.clone(), desired.clone(), env.clone()));
+        tasks.spawn_on(
+            guard_env(shared.clone(), desired.clone(), env.clone()),
+            checks_runtime(),
+        );
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok(unhealthy) = done {
@@ -64,6 +67,10 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (mut last_tick, mut skipping) = (None, None);
     let mut known: Option<crate::runtime::ReleaseRef> = None;
+    // The check's prepared step, for the release it was made for.
+    let mut prepared: Option<(String, PreparedStep)> = None;
+    // When the release dir was last seen (see DIR_RECHECK).
+    let mut dir_seen: Option<tokio::time::Instant> = None;
     // The environment's journal state, with the journal generation read at.
     let mut read: Option<(u64, Option<crate::store::EnvState>)> = None;
     loop {
@@ -114,33 +121,44 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
                 }
             },
         };
-        if !release.dir.is_dir() {
-            // Deleted under the agent: its process may still serve, but it
-            // can be neither checked (the step's dir grant) nor restarted.
-            // That says nothing of the app's health, and stopping a serving
-            // app over it would be the harm; a new deployment is the fix.
-            if skipping != Some("release_dir_missing") {
-                tracing::error!(app = %app, env = %env.name, release = %release.id, dir = %release.dir.display(),
-                    "the release directory is gone (deleted by hand?): health checks are skipped until a deployment replaces it");
+        // A deleted release dir is looked for every few seconds while checks
+        // pass (a stat per check was 3% of the agent's CPU at 400 checks a
+        // second), and always before a failure is counted.
+        let now = tokio::time::Instant::now();
+        if dir_seen.is_none_or(|at| now - at >= DIR_RECHECK) {
+            if release_dir_missing(&app, &env.name, &release, &mut skipping) {
+                failures = 0;
+                continue;
             }
-            failures = 0;
-            skipped(&app, &env.name, "release_dir_missing", 1, &mut skipping);
-            continue;
+            dir_seen = Some(now);
         }
         skipping = None;
         known = Some(release.clone());
-        let outcome = run_step(
-            &shared,
-            &desired,
-            None,
-            Some(&env),
-            StepKind::HealthCheck,
-            &health.step,
-            &release,
-            None,
-            1,
-        )
-        .await;
+        // The step's request only changes with the release: made once.
+        let kept = prepared.take().filter(|(id, _)| *id == release.id);
+        let step = match kept {
+            Some(kept) => Ok(kept),
+            None => prepare_step(
+                &desired,
+                None,
+                Some(&env),
+                (StepKind::HealthCheck, StepKind::HealthCheck.as_str()),
+                &health.step,
+                &release,
+                None,
+                1,
+            )
+            .map(|p| (release.id.clone(), p)),
+        };
+        let outcome = match step {
+            Ok(step) => {
+                let outcome = run_prepared(&shared, &step.1).await;
+                prepared = Some(step);
+                outcome
+            }
+            // Its plugin is not loaded: a failed check.
+            Err(outcome) => outcome,
+        };
         let message = match &outcome.result {
             Ok(StepValue::Health {
                 status: Health::Healthy,
@@ -153,6 +171,10 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
             Ok(other) => format!("unexpected result {other:?}"),
             Err(e) => e.to_string(),
         };
+        if release_dir_missing(&app, &env.name, &release, &mut skipping) {
+            failures = 0;
+            continue;
+        }
         failures += 1;
         tracing::warn!(app = %app, env = %env.name, release = %current, failures, "health check failed: {message}");
         if failures >= health.unhealthy_after {
@@ -163,6 +185,55 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
             };
         }
     }
+}
+
+/// How often a passing environment's release dir is looked for.
+const DIR_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `release`'s dir is gone (deleted by hand?), counting the check
+/// as skipped if so. Its process may still serve, but it can be neither
+/// checked (the step's dir grant) nor restarted. That says nothing of the
+/// app's health, and stopping a serving app over it would be the harm; a
+/// new deployment is the fix.
+fn release_dir_missing(
+    app: &str,
+    env: &str,
+    release: &ReleaseRef,
+    skipping: &mut Option<&'static str>,
+) -> bool {
+    if release.dir.is_dir() {
+        return false;
+    }
+    if *skipping != Some("release_dir_missing") {
+        tracing::error!(app = %app, env = %env, release = %release.id, dir = %release.dir.display(),
+            "the release directory is gone (deleted by hand?): health checks are skipped until a deployment replaces it");
+    }
+    skipped(app, env, "release_dir_missing", 1, skipping);
+    true
+}
+
+/// The thread every settled environment's checks run on.
+///
+/// A check is a few tasks that wake each other in turn (the guard, the
+/// plugin's request). On the agent's multi-threaded runtime a wake-up
+/// could move that work to the other core and wake it from sleep. One
+/// thread keeps a check's work together; checks are short, and a slow one
+/// only delays the others, which then say so (`overrun` in
+/// slipway_health_checks_skipped_total).
+fn checks_runtime() -> &'static tokio::runtime::Handle {
+    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("starting the health-check runtime");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("slipway-checks".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("starting the health-check thread");
+        handle
+    })
 }
 
 /// A fixed offset in (0, interval] for (app, env)'s checks.

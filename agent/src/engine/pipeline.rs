@@ -849,31 +849,77 @@ pub(super) async fn run_step_as(
     previous: Option<&ReleaseRef>,
     attempt: u32,
 ) -> StepOutcome {
-    let app = &desired.app.name;
-    let env_name = env.map(|e| e.name.clone());
-    let (plugin, plugin_cfg) = match (
-        desired.plugins.get(&step.plugin),
-        desired.config.plugins.get(&step.plugin),
+    let prepared = match prepare_step(
+        desired,
+        deployment,
+        env,
+        (kind, label),
+        step,
+        release,
+        previous,
+        attempt,
     ) {
-        (Some(p), Some(c)) => (p.clone(), c.clone()),
-        _ => {
-            return StepOutcome {
-                result: Err(StepError::Setup(format!(
-                    "plugin `{}` is not loaded",
-                    step.plugin
-                ))),
-                logs: Vec::new(),
-                duration: Duration::ZERO,
-            };
-        }
+        Ok(prepared) => prepared,
+        Err(outcome) => return outcome,
     };
     let step_id = deployment.and_then(|d| {
         shared
             .journal
-            .start_step(d, env_name.as_deref(), label, &step.plugin, attempt)
+            .start_step(
+                d,
+                env.map(|e| e.name.as_str()),
+                label,
+                &step.plugin,
+                attempt,
+            )
             .map_err(|e| tracing::error!(error = %e, "could not journal a step"))
             .ok()
     });
+    let outcome = run_prepared(shared, &prepared).await;
+    if let Some(step_id) = step_id {
+        finish_step(&shared.journal, step_id, &outcome);
+    }
+    outcome
+}
+
+/// A step ready to run: its plugin and the request [`run_step_as`] makes
+/// for it. The health guard keeps one per environment and release, so a
+/// check every second does not rebuild it.
+pub(super) struct PreparedStep {
+    plugin: Arc<Plugin>,
+    /// Health checks of a `warm` plugin reuse an instance.
+    warm: bool,
+    request: StepRequest,
+}
+
+/// The request of a step, or the outcome of a step that cannot run (its
+/// plugin is not loaded).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare_step(
+    desired: &Desired,
+    deployment: Option<i64>,
+    env: Option<&EnvConfig>,
+    (kind, label): (StepKind, &str),
+    step: &StepConfig,
+    release: &ReleaseRef,
+    previous: Option<&ReleaseRef>,
+    attempt: u32,
+) -> Result<PreparedStep, StepOutcome> {
+    let app = &desired.app.name;
+    let env_name = env.map(|e| e.name.clone());
+    let (Some(plugin), Some(plugin_cfg)) = (
+        desired.plugins.get(&step.plugin),
+        desired.config.plugins.get(&step.plugin),
+    ) else {
+        return Err(StepOutcome {
+            result: Err(StepError::Setup(format!(
+                "plugin `{}` is not loaded",
+                step.plugin
+            ))),
+            logs: Vec::new(),
+            duration: Duration::ZERO,
+        });
+    };
     let mut grants = plugin_cfg.grants.clone();
     grants.dirs.push(DirGrant {
         path: release.dir.clone(),
@@ -911,30 +957,42 @@ pub(super) async fn run_step_as(
             plugin: step.plugin.clone(),
             kind: label.to_string(),
             app: app.clone(),
-            environment: env_name.clone().unwrap_or_default(),
+            environment: env_name.unwrap_or_default(),
             deployment: deployment.map(|d| d.to_string()).unwrap_or_default(),
         },
     };
-    let outcome = if kind == StepKind::HealthCheck && plugin_cfg.warm {
+    Ok(PreparedStep {
+        plugin: plugin.clone(),
+        warm: kind == StepKind::HealthCheck && plugin_cfg.warm,
+        request,
+    })
+}
+
+/// Run a prepared step: log it, count it in /metrics and, for a health
+/// check, keep it as the environment's latest.
+pub(super) async fn run_prepared(shared: &Shared, prepared: &PreparedStep) -> StepOutcome {
+    let PreparedStep {
+        plugin,
+        warm,
+        request,
+    } = prepared;
+    let labels = &request.labels;
+    let outcome = if *warm {
         // One warm instance per (app, environment): checks every
         // `interval` do not pay instantiation (see `Plugin::run_warm`).
-        let slot = shared.warm_slot(app, env_name.as_deref().unwrap_or_default());
+        let slot = shared.warm_slot(&labels.app, &labels.environment);
         let mut slot = slot.lock().await;
-        plugin.run_warm(&mut slot, &request).await
+        plugin.run_warm(&mut slot, request).await
     } else {
-        plugin.run(&request).await
+        plugin.run(request).await
     };
-    log_outcome(&plugin, &request, &outcome);
+    log_outcome(plugin, request, &outcome);
     let (result_word, message) = describe(&outcome);
     let metrics = crate::metrics::metrics();
-    metrics.step(label, &step.plugin, result_word, outcome.duration);
-    if kind == StepKind::HealthCheck {
-        let env = env_name.as_deref().unwrap_or_default();
-        metrics.health(app, env, result_word);
-        shared.record_health(app, env, result_word, &message);
-    }
-    if let Some(step_id) = step_id {
-        finish_step(&shared.journal, step_id, &outcome);
+    metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
+    if request.kind == StepKind::HealthCheck {
+        metrics.health(&labels.app, &labels.environment, result_word);
+        shared.record_health(&labels.app, &labels.environment, result_word, &message);
     }
     outcome
 }
