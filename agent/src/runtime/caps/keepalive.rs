@@ -4,7 +4,8 @@
 //! request and close it again: connect, accept, two FIN handshakes and a
 //! TIME_WAIT socket per check, about a quarter of the agent's CPU at 400
 //! guarded environments. Here an idle HTTP/1.1 connection goes back to a
-//! pool keyed by `host:port` and the next request to that address reuses it.
+//! pool keyed by `host:port` (and tokio runtime, see [`Key`]) and the next
+//! request to that address reuses it.
 //!
 //! What is pooled, and why only that:
 //! - plain `http` only: TLS requests (webhooks, mostly) are rare and keep
@@ -59,6 +60,17 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 const NO_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// Idle connections are kept per address and per tokio runtime: a socket
+/// is registered with the runtime that opened it, and one used from
+/// another runtime has each of its wake-ups cross threads (health checks
+/// run on a runtime of their own, deployments' steps on the agent's).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    runtime: tokio::runtime::Id,
+    /// `host:port`
+    address: String,
+}
 type Connection = Pin<Box<hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
 
 /// One connection: the handle requests go through and the connection
@@ -118,7 +130,7 @@ impl Idle {
 /// The agent's pool of idle plain-HTTP connections, shared by all steps.
 #[derive(Default)]
 pub struct ConnectionPool {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     /// When `put` last closed the expired connections of every address
     /// (an idle connection is not polled, so nothing else closes it).
     swept: Mutex<Option<Instant>>,
@@ -158,9 +170,12 @@ impl ConnectionPool {
 
         let uri = request.uri();
         let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
-        let key = match authority.port() {
-            Some(_) => authority.to_string(),
-            None => format!("{authority}:80"),
+        let key = Key {
+            runtime: tokio::runtime::Handle::current().id(),
+            address: match authority.port() {
+                Some(_) => authority.to_string(),
+                None => format!("{authority}:80"),
+            },
         };
         let (mut parts, body) = request.into_parts();
         // On the wire the target is origin-form (no scheme or authority).
@@ -189,7 +204,7 @@ impl ConnectionPool {
                         _ => continue,
                     }
                 }
-                None => (connect(&key, connect_timeout).await?, false),
+                None => (connect(&key.address, connect_timeout).await?, false),
             };
             let request = Request::from_parts(parts.clone(), Full::new(body.clone()));
             let Link { sender, connection } = &mut link;
@@ -201,7 +216,7 @@ impl ConnectionPool {
             {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) if was_idle => {
-                    tracing::debug!(to = %key, error = %e, "kept-alive connection was closed; resending on a new one");
+                    tracing::debug!(to = %key.address, error = %e, "kept-alive connection was closed; resending on a new one");
                     continue;
                 }
                 Ok(Err(e)) => return Err(e.into()),
@@ -222,7 +237,7 @@ impl ConnectionPool {
         }
     }
 
-    fn take(&self, key: &str) -> Option<Link> {
+    fn take(&self, key: &Key) -> Option<Link> {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("connection pool poisoned");
         let list = idle.get_mut(key)?;
@@ -235,7 +250,7 @@ impl ConnectionPool {
     }
 
     /// Keep `link` for the next request to `key`, within the limits.
-    fn put(&self, key: String, link: Link) {
+    fn put(&self, key: Key, link: Link) {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("connection pool poisoned");
         let list = idle.entry(key).or_default();
@@ -283,10 +298,10 @@ impl ConnectionPool {
     }
 }
 
-/// A new HTTP/1.1 connection to `key` (`host:port`), driven by whoever
+/// A new HTTP/1.1 connection to `address` (`host:port`), driven by whoever
 /// waits on it (see [`Link`]).
-async fn connect(key: &str, timeout: Duration) -> Result<Link, Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(key))
+async fn connect(address: &str, timeout: Duration) -> Result<Link, Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(Error::Connect)?;
@@ -316,7 +331,7 @@ struct TimedBody {
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// The connection the body arrives on, driven while it is read.
     link: Option<Link>,
-    give_back: Option<(Arc<ConnectionPool>, String)>,
+    give_back: Option<(Arc<ConnectionPool>, Key)>,
 }
 
 impl TimedBody {
@@ -452,6 +467,28 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// A connection's socket belongs to the runtime that opened it: the
+    /// health checks' runtime and the agent's each get their own.
+    #[test]
+    fn connections_are_not_shared_between_runtimes() {
+        let servers = tokio::runtime::Runtime::new().unwrap();
+        let (port, accepted) = servers.block_on(server(false));
+        let pool = Arc::new(ConnectionPool::default());
+        let one = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let two = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for runtime in [&one, &two, &one, &two] {
+            assert_eq!(runtime.block_on(body_of(&pool, port)), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 2);
     }
 
     #[tokio::test]
