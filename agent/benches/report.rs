@@ -67,11 +67,24 @@ const SECTIONS: &[(&str, &str, &str)] = &[
 /// only, the figures above are the run's.
 const NOTES: &str = "## Where the load goes (profiled, issue 6)
 
-- Each check is a new TCP connection (`wasi:http` opens one per request): \
-  connect, send, shutdown, and the kernel's loopback work for both ends make \
-  up about a quarter of the agent's CPU under load. A host-side connection pool \
-  for `http-check` is the next step if the 10% goal matters more than one \
-  fresh connection per check.
+- Where a check's CPU goes (perf on the agent under this load): the kernel's \
+  loopback send of the request (about a tenth: it runs the server side's TCP \
+  receive too), sleeping and waking between checks (about a tenth), malloc \
+  and free (about a tenth), then wasmtime's component calls, hyper and the \
+  guard's own work in thin slices.
+- What got the load from 22.6% to about 10% of a core: plain-HTTP GETs from \
+  plugins reuse kept-alive connections (connect + close per check had been a \
+  quarter of the CPU); a connection has no task of its own (the request and \
+  its body drive it); all guarded environments' checks run on one thread \
+  (`slipway-checks`), so a check's wake-ups do not cross cores; every \
+  guarded environment is warm; the check's request is made once per release \
+  and the journal re-read only after it changed; the release dir is looked \
+  for every 5 s instead of every check.
+- RSS was growing by ~2.5 MB a minute: wasmtime-wasi-http 48 never dropped \
+  the `request-options` a guest hands to `outgoing-handler.handle`, one \
+  resource-table entry per request in each warm instance. Slipway serves that \
+  function itself and drops them; host resources per step are now limited \
+  (10,000).
 - Fixed by the load test: steps failed with \"maximum concurrent limit of 256 \
   for component instances\" when 200 apps deployed (they now wait for a slot; \
   warm instances hold at most half); every routine check logged a line (now \
