@@ -172,23 +172,35 @@ impl Metrics {
     }
 
     pub fn step(&self, kind: &str, plugin: &str, result: &str, took: Duration) {
+        self.step_metric(kind, plugin, result)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The duration histogram of (kind, plugin, result), to keep for
+    /// steps run again and again (the health guard's).
+    pub fn step_metric(&self, kind: &str, plugin: &str, result: &str) -> Histogram {
         self.step_duration
             .get_or_create(&StepLabels {
                 kind: kind.into(),
                 plugin: plugin.into(),
                 result: result.into(),
             })
-            .observe(took.as_secs_f64());
+            .clone()
     }
 
     pub fn health(&self, app: &str, env: &str, result: &str) {
+        self.health_metric(app, env, result).inc();
+    }
+
+    /// The check counter of (app, env, result), to keep.
+    pub fn health_metric(&self, app: &str, env: &str, result: &str) -> Counter {
         self.health_checks
             .get_or_create(&HealthLabels {
                 app: app.into(),
                 env: env.into(),
                 result: result.into(),
             })
-            .inc();
+            .clone()
     }
 
     /// `n` checks of (app, env) that were due and not made, and why.

@@ -39,10 +39,14 @@ const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Shared by the app workers.
 pub(crate) struct Shared {
     pub journal: Arc<Journal>,
+    /// The runtime of the health guard's checks (see `guard::ChecksThread`).
+    pub checks: tokio::runtime::Handle,
     pub supervisor: Arc<Supervisor>,
     pub state_dir: PathBuf,
     /// The latest health check result per (app, environment).
-    health: Mutex<HashMap<(String, String), HealthReport>>,
+    /// Latest check by app, then environment (looked up by `&str`: written
+    /// 400 times a second under the load bench).
+    health: Mutex<HashMap<String, HashMap<String, HealthReport>>>,
     /// Deployments waiting at a manual gate, per (app, environment).
     approvals: Mutex<HashMap<(String, String), Approval>>,
     /// Tells each app's `notify` steps of its deployments, off their path.
@@ -66,7 +70,7 @@ pub fn parallel_deployments() -> usize {
     (8 * cores).max(16)
 }
 
-type WarmSlot = Arc<tokio::sync::Mutex<Option<crate::runtime::Warm>>>;
+pub(crate) type WarmSlot = Arc<tokio::sync::Mutex<Option<crate::runtime::Warm>>>;
 
 impl Shared {
     /// The warm-instance slot of (app, env): never shared between apps.
@@ -78,15 +82,31 @@ impl Shared {
     }
 
     pub(crate) fn record_health(&self, app: &str, env: &str, result: &str, message: &str) {
-        let report = HealthReport {
-            result: result.to_string(),
-            message: message.to_string(),
-            at: crate::store::now_ms(),
+        let at = crate::store::now_ms();
+        let mut health = self.health.lock().expect("health map poisoned");
+        let envs = match health.get_mut(app) {
+            Some(envs) => envs,
+            None => health.entry(app.to_string()).or_default(),
         };
-        self.health
-            .lock()
-            .expect("health map poisoned")
-            .insert((app.to_string(), env.to_string()), report);
+        match envs.get_mut(env) {
+            // Written in place: a passing check's message is the same
+            // length second after second.
+            Some(report) => {
+                report.result.clear();
+                report.result.push_str(result);
+                report.message.clear();
+                report.message.push_str(message);
+                report.at = at;
+            }
+            None => {
+                let report = HealthReport {
+                    result: result.to_string(),
+                    message: message.to_string(),
+                    at,
+                };
+                envs.insert(env.to_string(), report);
+            }
+        }
     }
 }
 
@@ -149,12 +169,16 @@ pub struct Engine {
     shared: Arc<Shared>,
     workers: Mutex<HashMap<String, Worker>>,
     config: Mutex<Option<Arc<Config>>>,
+    /// Where the health guard's checks run; stopped with the engine.
+    _checks: guard::ChecksThread,
 }
 
 impl Engine {
     pub fn new(journal: Arc<Journal>, supervisor: Arc<Supervisor>, state_dir: PathBuf) -> Self {
+        let checks = guard::ChecksThread::start();
         Self {
             shared: Arc::new(Shared {
+                checks: checks.handle().clone(),
                 supervisor,
                 state_dir,
                 health: Mutex::new(HashMap::new()),
@@ -166,6 +190,7 @@ impl Engine {
             }),
             workers: Mutex::new(HashMap::new()),
             config: Mutex::new(None),
+            _checks: checks,
         }
     }
 
@@ -181,7 +206,7 @@ impl Engine {
     /// The latest health check of an environment, if one ran since start.
     pub fn health(&self, app: &str, env: &str) -> Option<HealthReport> {
         let health = self.shared.health.lock().expect("health map poisoned");
-        health.get(&(app.to_string(), env.to_string())).cloned()
+        health.get(app)?.get(env).cloned()
     }
 
     /// The supervised process of an environment, if the agent runs one.

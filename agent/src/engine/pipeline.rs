@@ -890,6 +890,13 @@ pub(super) struct PreparedStep {
     /// Health checks of a `warm` plugin reuse an instance.
     warm: bool,
     request: StepRequest,
+    /// Looked up at the first run instead of at every one: the warm slot,
+    /// and the metrics a passing health check counts in.
+    slot: std::sync::OnceLock<super::WarmSlot>,
+    passed: std::sync::OnceLock<(
+        prometheus_client::metrics::histogram::Histogram,
+        prometheus_client::metrics::counter::Counter,
+    )>,
 }
 
 /// The request of a step, or the outcome of a step that cannot run (its
@@ -965,6 +972,8 @@ pub(super) fn prepare_step(
         plugin: plugin.clone(),
         warm: kind == StepKind::HealthCheck && plugin_cfg.warm,
         request,
+        slot: Default::default(),
+        passed: Default::default(),
     })
 }
 
@@ -975,12 +984,14 @@ pub(super) async fn run_prepared(shared: &Shared, prepared: &PreparedStep) -> St
         plugin,
         warm,
         request,
+        slot,
+        passed,
     } = prepared;
     let labels = &request.labels;
     let outcome = if *warm {
         // One warm instance per (app, environment): checks every
         // `interval` do not pay instantiation (see `Plugin::run_warm`).
-        let slot = shared.warm_slot(&labels.app, &labels.environment);
+        let slot = slot.get_or_init(|| shared.warm_slot(&labels.app, &labels.environment));
         let mut slot = slot.lock().await;
         plugin.run_warm(&mut slot, request).await
     } else {
@@ -989,10 +1000,23 @@ pub(super) async fn run_prepared(shared: &Shared, prepared: &PreparedStep) -> St
     log_outcome(plugin, request, &outcome);
     let (result_word, message) = describe(&outcome);
     let metrics = crate::metrics::metrics();
-    metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
     if request.kind == StepKind::HealthCheck {
-        metrics.health(&labels.app, &labels.environment, result_word);
+        if result_word == "healthy" {
+            let (took, checks) = passed.get_or_init(|| {
+                (
+                    metrics.step_metric(&labels.kind, &labels.plugin, result_word),
+                    metrics.health_metric(&labels.app, &labels.environment, result_word),
+                )
+            });
+            took.observe(outcome.duration.as_secs_f64());
+            checks.inc();
+        } else {
+            metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
+            metrics.health(&labels.app, &labels.environment, result_word);
+        }
         shared.record_health(&labels.app, &labels.environment, result_word, &message);
+    } else {
+        metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
     }
     outcome
 }
