@@ -241,7 +241,7 @@ fn validate_reports_every_error_with_its_location() {
 #[test]
 fn apps_deploy_in_parallel_and_quick_edits_deploy_only_the_last() {
     let q = Quickstart::new();
-    let world_port = support::closed_port();
+    let world_port = support::app_port();
     let two_apps = |hello: &str, world: &str| {
         let mut text = q.config_text(hello);
         text.push_str(&format!(

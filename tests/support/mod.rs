@@ -202,6 +202,31 @@ pub fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A port for an app the agent will start, free now and kept out of the
+/// kernel's ephemeral range. A port from `bind(0)` comes from that range, so
+/// between choosing it and the app binding it, any outgoing connection of a
+/// test running beside it (every health check opens one) may take it as its
+/// local port, and the app then fails with "address already in use". Ports
+/// below the range are never handed out that way; a process-wide counter keeps
+/// the tests of one binary apart, and the pid spreads successive binaries.
+pub fn app_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let span = 8000.min(below.saturating_sub(10_000)).max(1);
+    let base = below - span;
+    let start = std::process::id() as usize * 131;
+    for _ in 0..span {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    closed_port()
+}
+
 /// Run the real `slipway` binary: (exit code, stdout, stderr).
 pub fn slipway(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))

@@ -41,8 +41,8 @@ impl Quickstart {
         .unwrap();
         let q = Self {
             dir,
-            staging: super::closed_port(),
-            production: super::closed_port(),
+            staging: super::app_port(),
+            production: super::app_port(),
             staging_extra: String::new(),
             production_extra: String::new(),
             command_grants: r#"{ exec = ["rustc"] }"#.into(),
