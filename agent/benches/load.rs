@@ -28,6 +28,14 @@
 //! and the count of checks: expected (environments × seconds) against made
 //! (requests the servers got, and `slipway_health_checks_total`) and said
 //! skipped (`slipway_health_checks_skipped_total`).
+//!
+//! `SLIPWAY_LOAD_COMPARE=path/to/other/slipway` runs instead a side-by-side
+//! comparison of this build's agent and that binary on one deployment (see
+//! `compare`), `SLIPWAY_LOAD_ROUNDS` rounds (default 3) of
+//! `SLIPWAY_LOAD_SECS` each; `SLIPWAY_LOAD_BASE` replaces this build's agent
+//! as A (keep both binaries on one filesystem: file-backed pages count
+//! differently on tmpfs); `SLIPWAY_LOAD_COMPARE_COLD=1` starts B with an
+//! empty compile cache each time.
 
 mod common;
 
@@ -379,7 +387,67 @@ struct Figures {
     unexplained_envs: Vec<String>,
 }
 
+/// A load agent with every app deployed and under its health guard.
+struct Deployed {
+    top: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    servers: AppServers,
+    agent: Agent,
+    apps: usize,
+    interval: Duration,
+    deployed_in: Duration,
+}
+
+impl Deployed {
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Stop the agent and start `binary` on the same config and state: it
+    /// recovers the deployed environments and guards them again.
+    async fn restart_with(&mut self, binary: &Path) {
+        let old = std::fs::read_to_string(self.state().join("api-address")).unwrap_or_default();
+        let _ = std::fs::remove_file(self.state().join("api-address"));
+        self.agent = Agent(start_agent(binary, &self.dir, self.top.path()));
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = std::fs::read_to_string(self.state().join("api-address")).unwrap_or_default();
+            if !now.is_empty() && now != old {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} did not start its API within 60 s",
+                binary.display()
+            );
+        }
+        // Every environment checked a few times (warm instances made).
+        tokio::time::sleep(self.interval * 3 + Duration::from_secs(5)).await;
+    }
+}
+
+fn start_agent(binary: &Path, dir: &Path, top: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(top.join("agent.log"))
+        .unwrap();
+    Command::new(binary)
+        .args(["agent", "-c"])
+        .arg(dir.join("slipway.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 async fn phase(apps: usize, interval: Duration, seconds: u64) -> Figures {
+    let deployed = deploy(apps, interval).await;
+    measure(&deployed, seconds).await
+}
+
+async fn deploy(apps: usize, interval: Duration) -> Deployed {
     let top = tempfile::tempdir().unwrap();
     // The agent watches its config's directory: its log goes elsewhere.
     let dir = top.path().join("conf");
@@ -397,18 +465,12 @@ async fn phase(apps: usize, interval: Duration, seconds: u64) -> Figures {
     };
     let mut batch = BATCH.min(apps);
     save(batch);
-    let log = std::fs::File::create(top.path().join("agent.log")).unwrap();
     let started = Instant::now();
-    let agent = Agent(
-        Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(["agent", "-c"])
-            .arg(dir.join("slipway.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let pid = agent.0.id();
+    let agent = Agent(start_agent(
+        Path::new(env!("CARGO_BIN_EXE_slipway")),
+        &dir,
+        top.path(),
+    ));
     let state = dir.join("state");
     let keep_log = || {
         let kept = std::env::temp_dir().join("slipway-load-agent.log");
@@ -469,7 +531,27 @@ async fn phase(apps: usize, interval: Duration, seconds: u64) -> Figures {
     let deployed_in = started.elapsed();
     // The guard's first checks come one interval after each deployment.
     tokio::time::sleep(interval * 3).await;
+    Deployed {
+        top,
+        dir,
+        servers,
+        agent,
+        apps,
+        interval,
+        deployed_in,
+    }
+}
 
+/// The agent's figures over the next `seconds`.
+async fn measure(deployed: &Deployed, seconds: u64) -> Figures {
+    let Deployed {
+        servers,
+        apps,
+        interval,
+        ..
+    } = deployed;
+    let (apps, interval, state) = (*apps, *interval, deployed.state());
+    let pid = deployed.agent.0.id();
     let client = reqwest::Client::new();
     let before = scrape(&client, &state).await;
     let seen_before = servers.snapshot();
@@ -520,10 +602,9 @@ async fn phase(apps: usize, interval: Duration, seconds: u64) -> Figures {
     let healthy = |s: &Scrape| s.results.get("healthy").copied().unwrap_or(0.0);
     let all = |s: &Scrape| s.results.values().sum::<f64>();
     let not_healthy = (all(&after) - all(&before)) - (healthy(&after) - healthy(&before));
-    drop(agent);
     Figures {
         envs,
-        deployed_in,
+        deployed_in: deployed.deployed_in,
         seconds: measured,
         cpu_percent: cpu.as_secs_f64() / measured * 100.0,
         rss_mean: rss.iter().sum::<f64>() / rss.len().max(1) as f64,
@@ -540,6 +621,73 @@ async fn phase(apps: usize, interval: Duration, seconds: u64) -> Figures {
         not_healthy,
         unexplained_envs,
     }
+}
+
+/// This build's agent (A) against another `slipway` binary (B) on one
+/// deployment: the agent is restarted on the same state with A and B in
+/// turn (A B, B A, ...), `seconds` measured each time, so that a change of
+/// a point or two is not lost in the machine's drift between two runs.
+/// For development only (`SLIPWAY_LOAD_COMPARE=path/to/slipway`); nothing
+/// is recorded for BENCHMARKS.md. RSS here is after a restart, which skips
+/// the deployments' own allocations: compare it, do not quote it.
+async fn compare(apps: usize, other: &Path, rounds: usize, seconds: u64) {
+    let base = std::env::var("SLIPWAY_LOAD_BASE").ok();
+    let this = Path::new(base.as_deref().unwrap_or(env!("CARGO_BIN_EXE_slipway")));
+    assert!(
+        other.is_file(),
+        "SLIPWAY_LOAD_COMPARE={}: no such file",
+        other.display()
+    );
+    println!(
+        "\ncompare: A = {} against B = {}, {apps} apps × 2 environments, {rounds} rounds of {seconds} s each",
+        this.display(),
+        other.display()
+    );
+    let mut deployed = deploy(apps, Duration::from_secs(1)).await;
+    println!("  deployed in {:.1} s", deployed.deployed_in.as_secs_f64());
+    let mut cpu: [Vec<f64>; 2] = Default::default();
+    let mut rss: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            // B with an empty compile cache: what compiling costs later.
+            if side == 1 && std::env::var("SLIPWAY_LOAD_COMPARE_COLD").is_ok() {
+                let _ = std::fs::remove_dir_all(deployed.state().join("cache"));
+            }
+            deployed
+                .restart_with(if side == 0 { this } else { other })
+                .await;
+            let f = measure(&deployed, seconds).await;
+            println!(
+                "  round {} {}: CPU {:>6.2} %  RSS {:>6.1} MB  p50 {:.2} ms  p99 {:.2} ms  checks {:.0}/{:.0}",
+                round + 1,
+                ["A", "B"][side],
+                f.cpu_percent,
+                f.rss_mean,
+                f.p50_ms,
+                f.p99_ms,
+                f.served,
+                f.expected
+            );
+            cpu[side].push(f.cpu_percent);
+            rss[side].push(f.rss_mean);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    for (side, name) in ["A", "B"].iter().enumerate() {
+        println!(
+            "  {name}: CPU mean {:.2} % (min {:.2}, max {:.2}), RSS mean {:.1} MB",
+            mean(&cpu[side]),
+            cpu[side].iter().copied().fold(f64::INFINITY, f64::min),
+            cpu[side].iter().copied().fold(0.0, f64::max),
+            mean(&rss[side])
+        );
+    }
+    println!(
+        "  B / A: CPU {:.3}, RSS {:.3}",
+        mean(&cpu[1]) / mean(&cpu[0]),
+        mean(&rss[1]) / mean(&rss[0])
+    );
 }
 
 fn print_and_record(name: &str, f: &Figures) {
@@ -688,6 +836,11 @@ async fn main() {
     let load_secs = env_number("SLIPWAY_LOAD_SECS", 300);
 
     println!("slipway load benchmark (real agent, builtin http-check, loopback servers)");
+    if let Ok(other) = std::env::var("SLIPWAY_LOAD_COMPARE") {
+        let rounds = env_number("SLIPWAY_LOAD_ROUNDS", 3) as usize;
+        compare(apps, Path::new(&other), rounds, load_secs.max(10)).await;
+        return;
+    }
     if idle_secs > 0 {
         println!("\nidle: 3 apps × 2 environments, health every 2 s, {idle_secs} s");
         let idle = phase(3, Duration::from_secs(2), idle_secs).await;
