@@ -746,12 +746,14 @@ impl Plugin {
                 }
             }
         };
-        crate::metrics::metrics()
-            .plugin_instantiations
-            .get_or_create(&crate::metrics::PluginLabels {
-                plugin: request.labels.plugin.clone(),
-            })
-            .inc_by(u64::from(warm.calls == 0));
+        if warm.calls == 0 {
+            crate::metrics::metrics()
+                .plugin_instantiations
+                .get_or_create(&crate::metrics::PluginLabels {
+                    plugin: request.labels.plugin.clone(),
+                })
+                .inc();
+        }
         warm.sandbox.rearm(&request.limits);
         let result = self
             .call(&mut warm.sandbox, request, Some(warm.instance))

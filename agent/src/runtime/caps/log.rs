@@ -129,9 +129,11 @@ impl StepLog {
     /// The lines so far, emptied, with the byte budget reset: a warm
     /// instance's log is taken per call.
     pub fn take_lines(&self) -> Vec<LogLine> {
-        let lines = self.lines();
         let mut inner = self.inner.lock().expect("step log poisoned");
-        inner.lines.clear();
+        let mut lines = std::mem::take(&mut inner.lines);
+        if inner.dropped > 0 {
+            lines.push(dropped_line(inner.dropped, inner.max_bytes));
+        }
         inner.bytes = 0;
         inner.dropped = 0;
         lines
@@ -142,16 +144,7 @@ impl StepLog {
         let inner = self.inner.lock().expect("step log poisoned");
         let mut lines = inner.lines.clone();
         if inner.dropped > 0 {
-            lines.push(LogLine {
-                at: SystemTime::now(),
-                level: Level::Warn,
-                source: Source::Host,
-                message: format!(
-                    "{} more log lines dropped: over the step's {} byte log limit",
-                    inner.dropped, inner.max_bytes
-                ),
-                fields: Vec::new(),
-            });
+            lines.push(dropped_line(inner.dropped, inner.max_bytes));
         }
         lines
     }
@@ -190,6 +183,19 @@ impl StepLog {
             Level::Warn => event!(tracing::Level::WARN),
             Level::Error => event!(tracing::Level::ERROR),
         }
+    }
+}
+
+/// The line that says how many lines a step's log limit dropped.
+fn dropped_line(dropped: usize, max_bytes: usize) -> LogLine {
+    LogLine {
+        at: SystemTime::now(),
+        level: Level::Warn,
+        source: Source::Host,
+        message: format!(
+            "{dropped} more log lines dropped: over the step's {max_bytes} byte log limit"
+        ),
+        fields: Vec::new(),
     }
 }
 
