@@ -114,7 +114,11 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
         let release = match known.take().filter(|r| r.id == current) {
             Some(r) => r,
             None => match release_ref(&shared, &current) {
-                Some(r) => r,
+                Some(r) => {
+                    // A new release: its dir is looked for at once.
+                    dir_seen = None;
+                    r
+                }
                 None => {
                     skipped(&app, &env.name, "release_unknown", 1, &mut skipping);
                     continue;
@@ -217,7 +221,8 @@ fn release_dir_missing(
 /// A check is a few tasks that wake each other in turn (the guard, the
 /// plugin's request). On the agent's multi-threaded runtime a wake-up could
 /// move that work to the other core and wake it from sleep: 11.2% of a core
-/// for 400 checks a second, 9.0% on one thread (the load bench). Checks are
+/// for 400 checks a second, 9.0% on one thread in the same hour (the load
+/// bench; its runs vary by about ±1.5 points). Checks are
 /// short, and a slow one only delays the others, which then say so
 /// (`overrun` in slipway_health_checks_skipped_total).
 ///
