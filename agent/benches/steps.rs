@@ -149,6 +149,7 @@ async fn main() {
         cache_dir: Some(state.path().join("cache")),
         // valgrind cannot reserve the address space of a full pool.
         max_instances: if profiling.is_some() { 2 } else { 256 },
+        ..RuntimeConfig::default()
     })
     .unwrap();
     println!("slipway step benchmark ({} rounds, alternating)", ROUNDS);

@@ -143,7 +143,14 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     // Held until `run` returns: one agent per state dir.
     let _lock =
         StateLock::acquire(&state_dir, "agent").map_err(|e| AgentError::Startup(e.to_string()))?;
-    let runtime = runtime_for(&state_dir)?;
+    // Plugins compile in a child process: the compiler's memory and code
+    // never join the agent's (see `RuntimeConfig::compiler`).
+    let runtime = Runtime::new(&RuntimeConfig {
+        cache_dir: Some(state_dir.join("cache")),
+        compiler: std::env::current_exe().ok(),
+        ..RuntimeConfig::default()
+    })
+    .map_err(AgentError::Startup)?;
     let plugins = config::check(&config, &runtime).await?;
     return_freed_memory();
     let journal = open_journal(&state_dir.join("journal.db"))?;

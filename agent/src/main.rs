@@ -23,6 +23,10 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Internal: compile a plugin component (stdin) for this binary's
+    /// runtime (stdout). The agent runs it in a child process.
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent,
     /// Run the agent: deploy what the config asks for, then keep watching it.
     Agent {
         /// The config file.
@@ -356,6 +360,9 @@ fn agent_error(e: slipway::agent::AgentError) -> cli::CliError {
 
 fn main() {
     let args = Args::parse();
+    if let Command::CompileComponent = args.command {
+        std::process::exit(slipway::runtime::compile_component_stdio());
+    }
     // `plugin test` prints the step's log lines itself; the agent's copy of
     // them on stderr would only repeat them.
     let default_filter = match args.command {
@@ -380,6 +387,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("starting tokio");
     let result = runtime.block_on(async {
         match args.command {
+            Command::CompileComponent => unreachable!("run before the runtime starts"),
             Command::Agent { config } => slipway::agent::run(&config, shutdown_signal())
                 .await
                 .map(|()| String::new())

@@ -521,6 +521,68 @@ async fn the_compile_cache_serves_the_second_load() {
 }
 
 #[tokio::test]
+async fn plugins_compile_in_the_child_process_the_runtime_names() {
+    let state = tempfile::tempdir().unwrap();
+    let with = |compiler: &str, cache: bool| {
+        Runtime::new(&RuntimeConfig {
+            cache_dir: cache.then(|| state.path().join(compiler.replace('/', "_"))),
+            compiler: Some(compiler.into()),
+            ..RuntimeConfig::default()
+        })
+        .unwrap()
+    };
+    let slipway = env!("CARGO_BIN_EXE_slipway");
+    let source = PluginSource::File(fixture("noop"));
+    for cache in [true, false] {
+        let plugin = with(slipway, cache).load(&source, None).await.unwrap();
+        let expected = if cache {
+            CacheOutcome::Compiled
+        } else {
+            CacheOutcome::CompiledUncached
+        };
+        assert_eq!(plugin.cache, expected);
+        let out = Step::new(StepKind::HealthCheck, json!({}))
+            .run(&plugin)
+            .await;
+        assert_eq!(health(&out).0, Health::Healthy);
+    }
+
+    // What the compiler says about a file that is no component is the
+    // load error, with the plugin named.
+    let bad = state.path().join("bad.wasm");
+    std::fs::write(&bad, b"not wasm at all").unwrap();
+    let bad = PluginSource::File(bad);
+    let err = with(slipway, true).load(&bad, None).await.err().unwrap();
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("bad.wasm") && text.contains("magic header"),
+        "{text}"
+    );
+
+    // A compiler that fails without a word is named with how it ended.
+    let err = with("/bin/false", true)
+        .load(&source, None)
+        .await
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("/bin/false compile-component") && text.contains("exit status: 1"),
+        "{text}"
+    );
+
+    // Output this engine cannot load (a replaced binary) is compiled again
+    // in-process rather than failing the plugin.
+    let plugin = with("/bin/echo", true).load(&source, None).await.unwrap();
+    assert_eq!(plugin.cache, CacheOutcome::Compiled);
+    let out = Step::new(StepKind::HealthCheck, json!({}))
+        .run(&plugin)
+        .await;
+    assert_eq!(health(&out).0, Health::Healthy);
+}
+
+#[tokio::test]
 async fn a_pinned_sha256_must_match() {
     let rt = runtime();
     let source = PluginSource::File(fixture("noop"));
@@ -686,8 +748,8 @@ async fn steps_beyond_the_instance_pool_wait_for_a_slot() {
         }
     });
     let rt = Runtime::new(&RuntimeConfig {
-        cache_dir: None,
         max_instances: 4,
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let plugin = std::sync::Arc::new(load_builtin(&rt, "http-check").await);

@@ -45,6 +45,9 @@ pub struct CompileCache {
     /// and is dropped: cranelift keeps its working memory (5 MB after the
     /// builtin plugins) in the engine that compiled, for good otherwise.
     compiler: Config,
+    /// The program that compiles in a child process (see
+    /// `RuntimeConfig::compiler`); `None` compiles in this process.
+    child: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for CompileCache {
@@ -57,8 +60,13 @@ impl std::fmt::Debug for CompileCache {
 
 impl CompileCache {
     /// A cache under `root` for `engine`, made from `config`; `None`
-    /// disables caching.
-    pub fn new(engine: &Engine, config: &Config, root: Option<&Path>) -> Self {
+    /// disables caching. `child` compiles in a child process.
+    pub fn new(
+        engine: &Engine,
+        config: &Config,
+        root: Option<&Path>,
+        child: Option<PathBuf>,
+    ) -> Self {
         let dir = root.map(|root| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             engine.precompile_compatibility_hash().hash(&mut h);
@@ -70,13 +78,17 @@ impl CompileCache {
         });
         let mut compiler = config.clone();
         compiler.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
-        Self { dir, compiler }
+        Self {
+            dir,
+            compiler,
+            child,
+        }
     }
 
     /// This cache's settings under another root (`None`: no cache), for
     /// the same engine.
     pub fn rooted(&self, engine: &Engine, root: Option<&Path>) -> Self {
-        Self::new(engine, &self.compiler, root)
+        Self::new(engine, &self.compiler, root, self.child.clone())
     }
 
     /// Where the compiled form of a component with this sha256 lives.
@@ -104,9 +116,36 @@ impl CompileCache {
                 }
             }
         }
-        let compiled = Engine::new(&self.compiler)?.precompile_component(bytes)?;
+        let Some(program) = &self.child else {
+            return self.install(engine, &self.compile_here(bytes)?, sha256);
+        };
+        let compiled = compile_in_child(program, bytes)?;
+        match self.install(engine, &compiled, sha256) {
+            Ok(loaded) => Ok(loaded),
+            // The binary on disk is not the one running (upgraded in place,
+            // the agent not yet restarted): its compiled code does not fit
+            // this engine. Compile here rather than fail every new plugin.
+            Err(e) => {
+                tracing::warn!(program = %program.display(), error = %format!("{e:#}"),
+                    "the compiler process's output does not load in this agent (was the binary replaced?); compiling in-process");
+                self.install(engine, &self.compile_here(bytes)?, sha256)
+            }
+        }
+    }
+
+    fn compile_here(&self, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        Engine::new(&self.compiler)?.precompile_component(bytes)
+    }
+
+    /// Store `compiled` in the cache (if there is one) and load it.
+    fn install(
+        &self,
+        engine: &Engine,
+        compiled: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         if let Some(path) = self.path_for(sha256) {
-            match store(&compiled, &path) {
+            match store(compiled, &path) {
                 // SAFETY: as above; the file was written just now.
                 Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
                     Ok(component) => return Ok((component, CacheOutcome::Compiled)),
@@ -120,11 +159,60 @@ impl CompileCache {
                 }
             }
         }
-        // SAFETY: compiled just now by an engine with this engine's settings.
-        let component = unsafe { Component::deserialize(engine, &compiled)? };
+        // SAFETY: compiled just now by an engine with this engine's settings
+        // (checked by `deserialize`), by this agent or the child it ran.
+        let component = unsafe { Component::deserialize(engine, compiled)? };
         Ok((component, CacheOutcome::CompiledUncached))
     }
 }
+
+/// Compile `bytes` with `program compile-component` (stdin → stdout).
+fn compile_in_child(program: &Path, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .arg(COMPILE_COMMAND)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            wasmtime::format_err!(
+                "starting the plugin compiler `{} {COMPILE_COMMAND}`: {e}",
+                program.display()
+            )
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // The child reads all of stdin before it writes: feed it from another
+    // thread anyway, so a child that answers early cannot deadlock us.
+    // (A child that dies early breaks the pipe: its exit status says why.)
+    let output = std::thread::scope(|scope| {
+        scope.spawn(move || stdin.write_all(bytes));
+        child.wait_with_output()
+    })
+    .map_err(|e| wasmtime::format_err!("waiting for the plugin compiler: {e}"))?;
+    if output.status.success() {
+        return Ok(output.stdout);
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.trim();
+    Err(match output.status.code() {
+        Some(_) if !said.is_empty() => wasmtime::format_err!("{said}"),
+        _ => wasmtime::format_err!(
+            "the plugin compiler `{} {COMPILE_COMMAND}` ended with {}{}",
+            program.display(),
+            output.status,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {said}")
+            }
+        ),
+    })
+}
+
+/// The `slipway` subcommand a child compiler runs.
+pub const COMPILE_COMMAND: &str = "compile-component";
 
 /// Write atomically: a crash mid-write leaves a temp file, never a torn entry.
 fn store(bytes: &[u8], path: &Path) -> wasmtime::Result<()> {
