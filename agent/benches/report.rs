@@ -93,9 +93,13 @@ const NOTES: &str = "## Where the load goes (profiled, issue 6)
   app and environment, and any not made is counted in \
   `slipway_health_checks_skipped_total`); glibc kept a malloc arena per \
   thread (now 2).
-- RSS: about a fifth is the binary's code (file-backed; this is the dev \
-  profile), most of the rest the allocator's heap; the wasm instance pool \
-  itself is a few MB.
+- RSS (from `/proc/PID/smaps` under this load): the binary's code, 20-27 MB \
+  (file-backed; the dev profile); the compiled http-check plugin, about 15 MB \
+  (mapped once per warm instance: the same page-cache pages counted 400 \
+  times, far less in PSS); the heap and the instances' memory, about 50 MB. \
+  Plugins compile in a child process (`slipway compile-component`): \
+  compiling in the agent left the compiler's code and heap resident for good \
+  (7.5 MB more, side by side with `SLIPWAY_LOAD_COMPARE_COLD`).
 - Deploying 200 apps in one config edit on 2 cores starves the first bake \
   checks (loopback GETs over 2 s, failing deployments); the bench adds apps 25 \
   at a time.
