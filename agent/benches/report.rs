@@ -72,7 +72,7 @@ const NOTES: &str = "## Where the load goes (profiled, issue 6)
   receive too), sleeping and waking between checks (about a tenth), malloc \
   and free (about a tenth), then wasmtime's component calls, hyper and the \
   guard's own work in thin slices.
-- What got the load from 22.6% to 9-11% of a core (run to run): plain-HTTP GETs from \
+- What got the load from 22.6% to 7-11% of a core (the same code reads up to 3 points apart in runs hours apart; `SLIPWAY_LOAD_COMPARE` compares two builds side by side): plain-HTTP GETs from \
   plugins reuse kept-alive connections (connect + close per check had been a \
   quarter of the CPU); a connection has no task of its own (the request and \
   its body drive it); all guarded environments' checks run on one thread \
