@@ -560,3 +560,48 @@ fn a_crash_after_any_transition_of_a_health_guard_rollback_recovers() {
         &outcome,
     );
 }
+
+/// `on_failure = "stop"` leaves a release that failed its gate in place for
+/// a person. Restarting the agent (an upgrade, a reboot) must not undo that
+/// by rolling it back, nor deploy anything: the version stays pinned.
+#[test]
+fn a_release_left_for_a_person_stays_in_place_across_a_restart() {
+    let mut w = Walk::new("stop");
+    w.q.production_extra = r#"on_failure = "stop""#.into();
+    let good = w.deploy("1.0.0");
+    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
+    let failed = w.deploy("1.4.0-sick");
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert_eq!(failed.state, DeploymentState::Failed, "{reason}");
+    assert!(reason.contains("on_failure = stop"), "{reason}");
+    let production = |w: &Walk| {
+        w.journal()
+            .env_state("hello", "production")
+            .unwrap()
+            .unwrap()
+            .current_release
+    };
+    assert_eq!(production(&w), failed.release_id);
+
+    let agent = w.start(None);
+    wait_for(
+        "production to serve the release left in place again",
+        &agent,
+        Duration::from_secs(30),
+        || serves(w.q.production, "1.4.0-sick"),
+    );
+    // Recovery is over once the app runs; give the reconciler a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = agent.log();
+    assert_eq!(production(&w), failed.release_id, "{log}");
+    assert_eq!(
+        latest(&w.q).map(|d| d.id),
+        Some(failed.id),
+        "a restart started a deployment:\n{log}"
+    );
+    assert!(
+        log.contains("for a person (on_failure = \"stop\"), as before the restart"),
+        "{log}"
+    );
+    agent.terminate();
+}

@@ -16,7 +16,8 @@
 //! - one deployment per app at a time: at most one unfinished, none overlap;
 //! - a crash loses nothing recorded: every deployment, step and environment
 //!   change is still there after recovery, ended ones as they ended;
-//!   recovery puts every environment on a release that passed its gates.
+//!   recovery puts every environment on a release that passed its gates,
+//!   or leaves it on the one a failed deployment left for a person.
 //!
 //! A crash is the journal's write lock taken (so nothing commits after that
 //! point) and the engine's tokio runtime shut down where it is (every task
@@ -680,7 +681,8 @@ fn environments_match_their_history(s: &Snapshot) -> Result<(), String> {
 }
 
 /// Nothing recorded before a crash is gone or rewritten after recovery,
-/// and recovery left every environment on a release that passed its gates.
+/// and recovery left every environment on a release that passed its gates
+/// (or on the one a failed deployment left for a person).
 fn crash_lost_nothing(before: &Snapshot, after: &Snapshot) -> Result<(), String> {
     for d in &before.deployments {
         let Some(now) = after.deployment(d.id) else {
@@ -721,9 +723,23 @@ fn crash_lost_nothing(before: &Snapshot, after: &Snapshot) -> Result<(), String>
         if new.len() < old.len() || new[..old.len()].iter().zip(old).any(|(a, b)| a.id != b.id) {
             return Err(format!("{env}'s history lost entries in the crash"));
         }
+        // Unless the app's latest deployment failed its gate and left its
+        // release there for a person (`on_failure = "stop"`; whether that
+        // is how it failed is `failed_gates_end_on_a_good_release_or_a_record`'s
+        // to check).
+        let left_for_a_person = |current: &Option<String>| {
+            after
+                .deployments
+                .iter()
+                .max_by_key(|d| d.id)
+                .is_some_and(|d| {
+                    d.state == DeploymentState::Failed && d.release_id.as_ref() == current.as_ref()
+                })
+        };
         if let Some(state) = after.envs.get(env)
             && state.current_release.is_some()
             && state.current_release != state.last_good_release
+            && !left_for_a_person(&state.current_release)
         {
             return Err(format!(
                 "after recovery {env} runs {:?}, not its last good release {:?}",

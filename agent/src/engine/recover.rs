@@ -1,6 +1,8 @@
 //! Start-up after a stop or a crash. The journal is the truth: deployments
 //! still marked running were interrupted; an environment whose current
-//! release never passed its gates goes back to its last good release; then
+//! release never passed its gates goes back to its last good release
+//! (unless a failed deployment left it there for a person: `on_failure =
+//! "stop"`, which a restart does not undo); then
 //! every environment's release is started again. The reconciler then sees
 //! the interrupted version as not deployed (it is not pinned) and deploys it
 //! afresh: interrupted work is redone, never half-trusted.
@@ -12,7 +14,7 @@
 
 use super::Shared;
 use super::pipeline::{release_ref, run_spec};
-use crate::config::Config;
+use crate::config::{Config, OnFailure};
 use crate::store::{Deployment, DeploymentState, Journal};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,6 +46,14 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
     for state in states {
         let (app, env) = (&state.app, &state.environment);
         let target = match (&state.current_release, &state.last_good_release) {
+            (Some(current), good)
+                if good.as_ref() != Some(current)
+                    && left_for_a_person(journal, config, app, env, current) =>
+            {
+                tracing::warn!(app = %app, env = %env, release = %current,
+                    "left on the release that failed its gate for a person (on_failure = \"stop\"), as before the restart");
+                Some(current.clone())
+            }
             (Some(current), Some(good)) if current != good => {
                 tracing::warn!(app = %app, env = %env, from = %current, to = %good,
                     "release had not passed its gates when the agent stopped: rolling back");
@@ -92,6 +102,32 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
             }
         }
     }
+}
+
+/// Whether `env` runs `current` because a deployment that failed its gate
+/// left it there on purpose (`on_failure = "stop"`, still so in the
+/// config): the app's latest deployment ended `failed` with that release.
+/// A deployment the agent was cut short in is `interrupted` by now, so a
+/// release caught mid-gate is never mistaken for one left for a person.
+fn left_for_a_person(
+    journal: &Journal,
+    config: &Config,
+    app: &str,
+    env: &str,
+    current: &str,
+) -> bool {
+    let stop = config
+        .apps
+        .get(app)
+        .and_then(|a| a.environment(env))
+        .is_some_and(|e| e.on_failure == OnFailure::Stop);
+    stop && journal
+        .deployments(Some(app), 1)
+        .ok()
+        .and_then(|list| list.into_iter().next())
+        .is_some_and(|d| {
+            d.state == DeploymentState::Failed && d.release_id.as_deref() == Some(current)
+        })
 }
 
 /// Record an unfinished deployment as interrupted: first each step still
