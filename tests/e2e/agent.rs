@@ -490,7 +490,8 @@ fn a_release_that_turns_unhealthy_after_promotion_is_rolled_back() {
 #[test]
 fn many_apps_deploy_in_turns_and_all_land() {
     // More apps than deployment turns, each with a bake long enough for
-    // their deployments to overlap.
+    // their deployments to overlap. (A 300 ms bake needing 3 passes 100 ms
+    // apart failed once on a loaded machine: two slow checks used it up.)
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("app")).unwrap();
     std::fs::write(dir.path().join("app/README"), "source\n").unwrap();
@@ -511,7 +512,7 @@ build = {pass}
 
 [apps.app{n}.environments.production]
 deploy = {pass}
-health = {{ plugin = "scripted", params = {{ outcome = "pass" }}, interval = "100ms", healthy_after = 3, bake = "300ms" }}
+health = {{ plugin = "scripted", params = {{ outcome = "pass" }}, interval = "100ms", healthy_after = 3, bake = "1s" }}
 "#
         ));
     }
