@@ -317,8 +317,14 @@ impl Case {
         let cut = rusqlite::Connection::open(self.journal_path()).unwrap();
         cut.busy_timeout(Duration::from_secs(30)).unwrap();
         cut.execute_batch("BEGIN IMMEDIATE").unwrap();
-        // Waits only for the polls in progress on the workers to return.
-        agent.rt.shutdown_timeout(Duration::from_secs(10));
+        // Dropping the runtime waits for the polls in progress on its
+        // workers (and its blocking tasks) to return, however long: a poll
+        // stuck in journal writes that wait for the lock (5 s each) must
+        // not outlive the crash. With `shutdown_timeout(10 s)` one did, and
+        // went on after the lock was released, starting a deployment of
+        // the crashed engine beside the recovered one's (the model found
+        // it: "deployments 3 and 4 overlap").
+        drop(agent.rt);
         drop(agent.engine);
         cut.execute_batch("ROLLBACK").unwrap();
     }
@@ -451,8 +457,14 @@ fn one_deployment_at_a_time(s: &Snapshot) -> Result<(), String> {
             }
             Some(end) if end > b.started_at => {
                 return Err(format!(
-                    "deployments {} and {} overlap: {} ended at {end}, {} started at {}",
-                    a.id, b.id, a.id, b.id, b.started_at
+                    "deployments {} and {} overlap: {} ended at {end}, {} started at {}; {:?} then {:?}",
+                    a.id,
+                    b.id,
+                    a.id,
+                    b.id,
+                    b.started_at,
+                    (&a.version, a.state, &a.reason, a.started_at),
+                    (&b.version, b.state, &b.reason)
                 ));
             }
             Some(_) => {}
