@@ -524,6 +524,110 @@ fn a_crash_after_any_transition_of_a_production_rollback_recovers() {
     walk(&w, &ops, 1, |n| format!("1.2.{}-sick", n + 1), &outcome);
 }
 
+/// A crash while recovering from a crash. The agent is cut right after it
+/// activated a sick release in production (its gate not yet passed, a step
+/// open), so its recovery has the most to do: close the step and the
+/// deployment, put production back on its last good release. Then it is
+/// cut again after each transition that recovery makes, and a third start
+/// must still end consistent, with the version redone once.
+#[test]
+fn a_crash_during_recovery_recovers() {
+    let w = Walk::new("recovery");
+    let good = w.deploy("1.0.0");
+    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
+    let first = w.deploy("1.5.0-sick");
+    assert_eq!(
+        first.state,
+        DeploymentState::RolledBack,
+        "{:?}",
+        first.reason
+    );
+    let outcome = Outcome {
+        state: DeploymentState::RolledBack,
+        production: good.release_id.clone(),
+        pinned: true,
+        guard: false,
+    };
+    let ops = w.count("1.5.1-sick", &outcome);
+    // Production's activation: the last release change before the rollback.
+    let rollback = ops
+        .iter()
+        .position(|op| op == "roll_back_to")
+        .unwrap_or_else(|| panic!("no rollback among the transitions: {ops:?}"));
+    let activation = ops[..rollback]
+        .iter()
+        .rposition(|op| op == "set_current_release")
+        .unwrap_or_else(|| panic!("no activation before the rollback: {ops:?}"));
+    // 1-based, and one more: the first step of production's gate opened.
+    let cut = activation + 2;
+    assert_eq!(ops[cut - 1], "start_step", "{ops:?}");
+
+    let crash_at = |n: usize, what: &str| {
+        let mut agent = w.start(Some(Some(n as u64)));
+        let status = wait_exit(&mut agent, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{what}: the agent did not exit\n{}", agent.log()));
+        assert_eq!(status.code(), Some(CRASH_EXIT), "{what}\n{}", agent.log());
+        agent.log()
+    };
+
+    // What recovery does from that cut: the transitions before the redone
+    // deployment starts.
+    w.set_version("1.5.2-sick");
+    crash_at(cut, "the first cut");
+    let agent = w.start(Some(None));
+    settle(&w, &agent, "1.5.2-sick", &outcome, "counting recovery");
+    let log = agent.log();
+    agent.terminate();
+    let recovery: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("fault injection: journal transition "))
+        .map(|rest| {
+            rest.split_once(' ')
+                .expect("N (op)")
+                .1
+                .trim_matches(['(', ')'])
+                .to_string()
+        })
+        .take_while(|op| op != "start_deployment")
+        .collect();
+    assert!(
+        recovery.len() >= 3,
+        "recovery closes the step and the deployment and rolls production back: {recovery:?}\n{log}"
+    );
+    eprintln!("recovery: {} transitions: {recovery:?}", recovery.len());
+
+    for (i, op) in recovery.iter().enumerate() {
+        let n = i + 1;
+        let version = format!("1.5.{}-sick", n + 2);
+        let at = format!("recovery: crash after its transition {n} ({op})");
+        w.set_version(&version);
+        crash_at(cut, &at);
+        let log = crash_at(n, &at);
+        assert!(
+            log.contains(&format!(
+                "fault injection: exiting after journal transition {n} ({op})"
+            )),
+            "{at}: the recovery crashed elsewhere\n{log}"
+        );
+        let agent = w.start(None);
+        wait_for(
+            &format!("{at}: agent up"),
+            &agent,
+            Duration::from_secs(60),
+            || agent.log().contains("agent starting"),
+        );
+        settle(&w, &agent, &version, &outcome, &at);
+        let recovered_log = agent.log.clone();
+        agent.terminate();
+        let left = app_processes(&w.releases());
+        assert!(
+            left.is_empty(),
+            "{at}: app processes outlive the agent: {left:?}\n{}",
+            std::fs::read_to_string(&recovered_log).unwrap_or_default()
+        );
+    }
+}
+
 /// The health guard's rollback: a version passes every gate, turns
 /// unhealthy in production a moment later, and the guard puts production
 /// back on the last good release as a deployment of its own. Only the
