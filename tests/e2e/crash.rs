@@ -216,40 +216,75 @@ fn walk(
         let version = version(n);
         let started = Instant::now();
         w.set_version(&version);
-        let mut agent = w.start(Some(Some(n as u64)));
-        let status = wait_exit(&mut agent, Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("{at}: the agent did not exit\n{}", agent.log()));
-        let log = agent.log();
-        assert_eq!(status.code(), Some(CRASH_EXIT), "{at}: exit status\n{log}");
-        assert!(
-            log.contains(&format!(
-                "fault injection: exiting after journal transition {n} ({op})"
-            )),
-            "{at}: the agent crashed elsewhere (the transitions differ from the counting run)\n{log}"
-        );
-        drop(agent);
-
-        let agent = w.start(None);
-        // Up first: a crash after the last transition leaves a consistent
-        // journal and the crashed agent's processes serving, so `settle`
-        // could pass before this agent has killed them and started its own
-        // (and a SIGTERM before its handlers exist would leave them behind).
-        wait_for(
-            &format!("{at}: agent up"),
-            &agent,
-            Duration::from_secs(60),
-            || agent.log().contains("agent starting"),
-        );
-        settle(w, &agent, &version, outcome, &at);
+        let log = crash_after(w, n, op, &at);
+        restart_and_settle(w, &version, outcome, &at, &log);
         eprintln!("{at}: recovered ({} ms)", started.elapsed().as_millis());
-        let recovered_log = agent.log.clone();
-        agent.terminate();
-        let left = app_processes(&w.releases());
-        assert!(
-            left.is_empty(),
-            "{at}: app processes outlive the agent: {left:?}\n--- crashed agent ---\n{log}\n--- recovered agent ---\n{}",
-            std::fs::read_to_string(&recovered_log).unwrap_or_default()
-        );
+    }
+}
+
+/// Start the agent set to crash after its transition `n`, which must be
+/// `op`; wait for the crash. Returns its log.
+fn crash_after(w: &Walk, n: usize, op: &str, at: &str) -> String {
+    let mut agent = w.start(Some(Some(n as u64)));
+    let status = wait_exit(&mut agent, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("{at}: the agent did not exit\n{}", agent.log()));
+    let log = agent.log();
+    assert_eq!(status.code(), Some(CRASH_EXIT), "{at}: exit status\n{log}");
+    assert!(
+        log.contains(&format!(
+            "fault injection: exiting after journal transition {n} ({op})"
+        )),
+        "{at}: the agent crashed elsewhere (the transitions differ from the counting run)\n{log}"
+    );
+    log
+}
+
+/// Start the agent normally after a crash (whose log is `crashed`): it
+/// must settle as `outcome` says for `version`, and leave no app process
+/// behind when stopped.
+fn restart_and_settle(w: &Walk, version: &str, outcome: &Outcome, at: &str, crashed: &str) {
+    let agent = w.start(None);
+    // Up first: a crash after the last transition leaves a consistent
+    // journal and the crashed agent's processes serving, so `settle`
+    // could pass before this agent has killed them and started its own
+    // (and a SIGTERM before its handlers exist would leave them behind).
+    wait_for(
+        &format!("{at}: agent up"),
+        &agent,
+        Duration::from_secs(60),
+        || agent.log().contains("agent starting"),
+    );
+    settle(w, &agent, version, outcome, at);
+    let recovered_log = agent.log.clone();
+    agent.terminate();
+    let left = app_processes(&w.releases());
+    assert!(
+        left.is_empty(),
+        "{at}: app processes outlive the agent: {left:?}\n--- crashed agent ---\n{crashed}\n--- recovered agent ---\n{}",
+        std::fs::read_to_string(&recovered_log).unwrap_or_default()
+    );
+}
+
+/// Deploy 1.0.0, then `sick`, which production's gate rolls back: every
+/// later sick version starts from that state (a sick release in staging,
+/// replaced and pruned) and ends as the returned outcome.
+fn rolled_back_once(w: &Walk, sick: &str) -> Outcome {
+    let good = w.deploy("1.0.0");
+    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
+    let first = w.deploy(sick);
+    assert_eq!(
+        first.state,
+        DeploymentState::RolledBack,
+        "{:?}",
+        first.reason
+    );
+    let reason = first.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("production: unhealthy"), "{reason}");
+    Outcome {
+        state: DeploymentState::RolledBack,
+        production: good.release_id,
+        pinned: true,
+        guard: false,
     }
 }
 
@@ -500,25 +535,9 @@ fn a_crash_after_any_transition_of_a_deployment_that_ships_recovers() {
 #[test]
 fn a_crash_after_any_transition_of_a_production_rollback_recovers() {
     let w = Walk::new("rollback");
-    let good = w.deploy("1.0.0");
-    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
     // One rollback first, so every counted or crashed one starts from the
-    // same state (a sick release in staging, replaced and pruned).
-    let first = w.deploy("1.2.0-sick");
-    assert_eq!(
-        first.state,
-        DeploymentState::RolledBack,
-        "{:?}",
-        first.reason
-    );
-    let reason = first.reason.clone().unwrap_or_default();
-    assert!(reason.starts_with("production: unhealthy"), "{reason}");
-    let outcome = Outcome {
-        state: DeploymentState::RolledBack,
-        production: good.release_id.clone(),
-        pinned: true,
-        guard: false,
-    };
+    // same state.
+    let outcome = rolled_back_once(&w, "1.2.0-sick");
     let ops = w.count("1.2.1-sick", &outcome);
     eprintln!("rollback: {} transitions: {ops:?}", ops.len());
     walk(&w, &ops, 1, |n| format!("1.2.{}-sick", n + 1), &outcome);
@@ -533,21 +552,7 @@ fn a_crash_after_any_transition_of_a_production_rollback_recovers() {
 #[test]
 fn a_crash_during_recovery_recovers() {
     let w = Walk::new("recovery");
-    let good = w.deploy("1.0.0");
-    assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
-    let first = w.deploy("1.5.0-sick");
-    assert_eq!(
-        first.state,
-        DeploymentState::RolledBack,
-        "{:?}",
-        first.reason
-    );
-    let outcome = Outcome {
-        state: DeploymentState::RolledBack,
-        production: good.release_id.clone(),
-        pinned: true,
-        guard: false,
-    };
+    let outcome = rolled_back_once(&w, "1.5.0-sick");
     let ops = w.count("1.5.1-sick", &outcome);
     // Production's activation: the last release change before the rollback.
     let rollback = ops
@@ -562,37 +567,18 @@ fn a_crash_during_recovery_recovers() {
     let cut = activation + 2;
     assert_eq!(ops[cut - 1], "start_step", "{ops:?}");
 
-    let crash_at = |n: usize, what: &str| {
-        let mut agent = w.start(Some(Some(n as u64)));
-        let status = wait_exit(&mut agent, Duration::from_secs(120))
-            .unwrap_or_else(|| panic!("{what}: the agent did not exit\n{}", agent.log()));
-        assert_eq!(status.code(), Some(CRASH_EXIT), "{what}\n{}", agent.log());
-        agent.log()
-    };
-
     // What recovery does from that cut: the transitions before the redone
     // deployment starts.
     w.set_version("1.5.2-sick");
-    crash_at(cut, "the first cut");
-    let agent = w.start(Some(None));
-    settle(&w, &agent, "1.5.2-sick", &outcome, "counting recovery");
-    let log = agent.log();
-    agent.terminate();
-    let recovery: Vec<String> = log
-        .lines()
-        .filter_map(|l| l.strip_prefix("fault injection: journal transition "))
-        .map(|rest| {
-            rest.split_once(' ')
-                .expect("N (op)")
-                .1
-                .trim_matches(['(', ')'])
-                .to_string()
-        })
+    crash_after(&w, cut, &ops[cut - 1], "the first cut");
+    let recovery: Vec<String> = w
+        .count("1.5.2-sick", &outcome)
+        .into_iter()
         .take_while(|op| op != "start_deployment")
         .collect();
     assert!(
         recovery.len() >= 3,
-        "recovery closes the step and the deployment and rolls production back: {recovery:?}\n{log}"
+        "recovery closes the step and the deployment and rolls production back: {recovery:?}"
     );
     eprintln!("recovery: {} transitions: {recovery:?}", recovery.len());
 
@@ -601,30 +587,9 @@ fn a_crash_during_recovery_recovers() {
         let version = format!("1.5.{}-sick", n + 2);
         let at = format!("recovery: crash after its transition {n} ({op})");
         w.set_version(&version);
-        crash_at(cut, &at);
-        let log = crash_at(n, &at);
-        assert!(
-            log.contains(&format!(
-                "fault injection: exiting after journal transition {n} ({op})"
-            )),
-            "{at}: the recovery crashed elsewhere\n{log}"
-        );
-        let agent = w.start(None);
-        wait_for(
-            &format!("{at}: agent up"),
-            &agent,
-            Duration::from_secs(60),
-            || agent.log().contains("agent starting"),
-        );
-        settle(&w, &agent, &version, &outcome, &at);
-        let recovered_log = agent.log.clone();
-        agent.terminate();
-        let left = app_processes(&w.releases());
-        assert!(
-            left.is_empty(),
-            "{at}: app processes outlive the agent: {left:?}\n{}",
-            std::fs::read_to_string(&recovered_log).unwrap_or_default()
-        );
+        crash_after(&w, cut, &ops[cut - 1], &at);
+        let log = crash_after(&w, n, op, &at);
+        restart_and_settle(&w, &version, &outcome, &at, &log);
     }
 }
 
