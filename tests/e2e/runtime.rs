@@ -572,14 +572,17 @@ async fn plugins_compile_in_the_child_process_the_runtime_names() {
         "{text}"
     );
 
-    // Output this engine cannot load (a replaced binary) is compiled again
+    // Output this engine cannot load (a replaced binary), or a compiler
+    // that cannot be started (the binary moved by an upgrade): compiled
     // in-process rather than failing the plugin.
-    let plugin = with("/bin/echo", true).load(&source, None).await.unwrap();
-    assert_eq!(plugin.cache, CacheOutcome::Compiled);
-    let out = Step::new(StepKind::HealthCheck, json!({}))
-        .run(&plugin)
-        .await;
-    assert_eq!(health(&out).0, Health::Healthy);
+    for compiler in ["/bin/echo", "/nonexistent/slipway"] {
+        let plugin = with(compiler, true).load(&source, None).await.unwrap();
+        assert_eq!(plugin.cache, CacheOutcome::Compiled, "{compiler}");
+        let out = Step::new(StepKind::HealthCheck, json!({}))
+            .run(&plugin)
+            .await;
+        assert_eq!(health(&out).0, Health::Healthy, "{compiler}");
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
@@ -119,7 +120,24 @@ impl CompileCache {
         let Some(program) = &self.child else {
             return self.install(engine, &self.compile_here(bytes)?, sha256);
         };
-        let compiled = compile_in_child(program, bytes)?;
+        let child = match Command::new(program)
+            .arg(COMPILE_COMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            // The binary is gone from its path (a package upgrade unlinks
+            // the running one: /proc/self/exe reads "... (deleted)"). A new
+            // plugin must still load: compile it here.
+            Err(e) => {
+                tracing::warn!(program = %program.display(), error = %e,
+                    "cannot start the plugin compiler process (was the binary moved or replaced?); compiling in-process");
+                return self.install(engine, &self.compile_here(bytes)?, sha256);
+            }
+        };
+        let compiled = compile_in_child(program, child, bytes)?;
         match self.install(engine, &compiled, sha256) {
             Ok(loaded) => Ok(loaded),
             // The binary on disk is not the one running (upgraded in place,
@@ -166,22 +184,10 @@ impl CompileCache {
     }
 }
 
-/// Compile `bytes` with `program compile-component` (stdin → stdout).
-fn compile_in_child(program: &Path, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+/// Compile `bytes` with `child`, a `program compile-component` just
+/// started with piped stdio (stdin → stdout).
+fn compile_in_child(program: &Path, mut child: Child, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(program)
-        .arg(COMPILE_COMMAND)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            wasmtime::format_err!(
-                "starting the plugin compiler `{} {COMPILE_COMMAND}`: {e}",
-                program.display()
-            )
-        })?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     // The child reads all of stdin before it writes: feed it from another
     // thread anyway, so a child that answers early cannot deadlock us.
