@@ -1000,23 +1000,24 @@ pub(super) async fn run_prepared(shared: &Shared, prepared: &PreparedStep) -> St
     log_outcome(plugin, request, &outcome);
     let (result_word, message) = describe(&outcome);
     let metrics = crate::metrics::metrics();
-    if request.kind == StepKind::HealthCheck {
-        if result_word == "healthy" {
-            let (took, checks) = passed.get_or_init(|| {
-                (
-                    metrics.step_metric(&labels.kind, &labels.plugin, result_word),
-                    metrics.health_metric(&labels.app, &labels.environment, result_word),
-                )
-            });
-            took.observe(outcome.duration.as_secs_f64());
-            checks.inc();
-        } else {
-            metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
-            metrics.health(&labels.app, &labels.environment, result_word);
-        }
-        shared.record_health(&labels.app, &labels.environment, result_word, &message);
+    let health = request.kind == StepKind::HealthCheck;
+    if health && result_word == "healthy" {
+        let (took, checks) = passed.get_or_init(|| {
+            (
+                metrics.step_metric(&labels.kind, &labels.plugin, result_word),
+                metrics.health_metric(&labels.app, &labels.environment, result_word),
+            )
+        });
+        took.observe(outcome.duration.as_secs_f64());
+        checks.inc();
     } else {
         metrics.step(&labels.kind, &labels.plugin, result_word, outcome.duration);
+        if health {
+            metrics.health(&labels.app, &labels.environment, result_word);
+        }
+    }
+    if health {
+        shared.record_health(&labels.app, &labels.environment, result_word, &message);
     }
     outcome
 }
