@@ -117,8 +117,13 @@ impl CompileCache {
                 }
             }
         }
+        let compile_here = || self.install(engine, &self.compile_here(bytes)?, sha256);
         let Some(program) = &self.child else {
-            return self.install(engine, &self.compile_here(bytes)?, sha256);
+            return compile_here();
+        };
+        let instead = |why: &str, error: String| {
+            tracing::warn!(program = %program.display(), error, "{why}; compiling in-process");
+            compile_here()
         };
         let child = match Command::new(program)
             .arg(COMPILE_COMMAND)
@@ -132,9 +137,10 @@ impl CompileCache {
             // the running one: /proc/self/exe reads "... (deleted)"). A new
             // plugin must still load: compile it here.
             Err(e) => {
-                tracing::warn!(program = %program.display(), error = %e,
-                    "cannot start the plugin compiler process (was the binary moved or replaced?); compiling in-process");
-                return self.install(engine, &self.compile_here(bytes)?, sha256);
+                return instead(
+                    "cannot start the plugin compiler process (was the binary moved or replaced?)",
+                    e.to_string(),
+                );
             }
         };
         let compiled = compile_in_child(program, child, bytes)?;
@@ -143,11 +149,10 @@ impl CompileCache {
             // The binary on disk is not the one running (upgraded in place,
             // the agent not yet restarted): its compiled code does not fit
             // this engine. Compile here rather than fail every new plugin.
-            Err(e) => {
-                tracing::warn!(program = %program.display(), error = %format!("{e:#}"),
-                    "the compiler process's output does not load in this agent (was the binary replaced?); compiling in-process");
-                self.install(engine, &self.compile_here(bytes)?, sha256)
-            }
+            Err(e) => instead(
+                "the compiler process's output does not load in this agent (was the binary replaced?)",
+                format!("{e:#}"),
+            ),
         }
     }
 
