@@ -18,4 +18,5 @@ pub mod ops;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod vocab;
 pub mod watch;

@@ -5,6 +5,7 @@
 //! a handle through every call. Names and labels are documented in
 //! `docs/api.md`; they are part of the interface operators build alerts on.
 
+use crate::vocab::{EnvOutcome, Verdict};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,15 +19,16 @@ pub struct DeploymentLabels {
     pub app: String,
     /// The environment, or `build` for a deployment that failed before any.
     pub env: String,
-    /// started, succeeded, failed, rolled_back, cancelled.
+    /// An [`EnvOutcome`]: started, succeeded, failed, rolled-back, cancelled.
     pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
+pub struct StepMetricLabels {
+    /// A `StepRole`: build, pre-deploy, deploy, smoke-test, health-check, ...
     pub kind: String,
     pub plugin: String,
-    /// ok, healthy, unhealthy, unknown, failed, timeout, limit, trap, error.
+    /// A [`Verdict`]: ok, healthy, unhealthy, unknown, failed, timeout, ...
     pub result: String,
 }
 
@@ -34,6 +36,7 @@ pub struct StepLabels {
 pub struct HealthLabels {
     pub app: String,
     pub env: String,
+    /// A [`Verdict`].
     pub result: String,
 }
 
@@ -80,7 +83,7 @@ fn step_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub deployments: Family<DeploymentLabels, Counter>,
-    pub step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
+    pub step_duration: Family<StepMetricLabels, Histogram, fn() -> Histogram>,
     pub health_checks: Family<HealthLabels, Counter>,
     pub health_checks_skipped: Family<HealthSkipLabels, Counter>,
     pub plugin_instantiations: Family<PluginLabels, Counter>,
@@ -107,7 +110,7 @@ impl Metrics {
         };
         registry.register(
             "deployments",
-            "Deployment transitions per app and environment (started, succeeded, failed, rolled_back, cancelled)",
+            "Deployment transitions per app and environment (started, succeeded, failed, rolled-back, cancelled)",
             m.deployments.clone(),
         );
         registry.register(
@@ -161,44 +164,46 @@ impl Metrics {
         out
     }
 
-    pub fn deployment(&self, app: &str, env: &str, state: &str) {
+    /// What happened to `env` in a deployment of `app` (`env` is `build`
+    /// for a deployment that failed before any environment).
+    pub fn deployment(&self, app: &str, env: &str, state: EnvOutcome) {
         self.deployments
             .get_or_create(&DeploymentLabels {
                 app: app.into(),
                 env: env.into(),
-                state: state.into(),
+                state: state.as_str().into(),
             })
             .inc();
     }
 
-    pub fn step(&self, kind: &str, plugin: &str, result: &str, took: Duration) {
+    pub fn step(&self, kind: &str, plugin: &str, result: Verdict, took: Duration) {
         self.step_metric(kind, plugin, result)
             .observe(took.as_secs_f64());
     }
 
     /// The duration histogram of (kind, plugin, result), to keep for
     /// steps run again and again (the health guard's).
-    pub fn step_metric(&self, kind: &str, plugin: &str, result: &str) -> Histogram {
+    pub fn step_metric(&self, kind: &str, plugin: &str, result: Verdict) -> Histogram {
         self.step_duration
-            .get_or_create(&StepLabels {
+            .get_or_create(&StepMetricLabels {
                 kind: kind.into(),
                 plugin: plugin.into(),
-                result: result.into(),
+                result: result.as_str().into(),
             })
             .clone()
     }
 
-    pub fn health(&self, app: &str, env: &str, result: &str) {
+    pub fn health(&self, app: &str, env: &str, result: Verdict) {
         self.health_metric(app, env, result).inc();
     }
 
     /// The check counter of (app, env, result), to keep.
-    pub fn health_metric(&self, app: &str, env: &str, result: &str) -> Counter {
+    pub fn health_metric(&self, app: &str, env: &str, result: Verdict) -> Counter {
         self.health_checks
             .get_or_create(&HealthLabels {
                 app: app.into(),
                 env: env.into(),
-                result: result.into(),
+                result: result.as_str().into(),
             })
             .clone()
     }
@@ -246,11 +251,12 @@ mod tests {
     #[test]
     fn encodes_counters_and_histograms_with_labels() {
         let m = Metrics::new();
-        m.deployment("web", "staging", "started");
+        m.deployment("web", "staging", EnvOutcome::Started);
+        m.deployment("web", "production", EnvOutcome::RolledBack);
         m.step(
             "health-check",
             "http-check",
-            "healthy",
+            Verdict::Healthy,
             Duration::from_millis(3),
         );
         m.reload(false);
@@ -258,6 +264,12 @@ mod tests {
         assert!(
             text.contains(
                 r#"slipway_deployments_total{app="web",env="staging",state="started"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"slipway_deployments_total{app="web",env="production",state="rolled-back"} 1"#
             ),
             "{text}"
         );

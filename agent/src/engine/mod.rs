@@ -10,144 +10,61 @@
 //!
 //! It is not the scheduler of the whole agent (`agent.rs`) nor the sandbox
 //! (`runtime`): it decides what to run, records it, and asks them.
+//!
+//! The modules depend on each other one way: each uses only modules listed
+//! after it, and no two use each other.
+//!
+//! - this file: the engine's handle and the per-app workers;
+//! - `deployment`: drives one deployment through the phases `machine`
+//!   decides;
+//! - `rollback`: the one rollback path of a failed gate, the guard and an
+//!   operator;
+//! - `guard`: watches settled environments (and only watches);
+//! - `recover`: start-up after a stop or a crash;
+//! - `machine`: a deployment's transition table, pure;
+//! - `bake`: the check loop and its tally;
+//! - `releases`: release records, sources, run specs, rollback targets,
+//!   pruning;
+//! - `shared`: the handles the workers share;
+//! - `notify`: the notification queue;
+//! - `steps`: the step runner;
+//! - `error`, `desired`: values.
+//!
+//! Where to look: what a failed gate does is `machine.rs`'s table, then
+//! `rollback.rs`; the guard is `guard.rs`; recovery is `recover.rs`.
 
+mod bake;
+mod deployment;
+mod desired;
+mod error;
 mod guard;
+mod machine;
 mod notify;
-mod pipeline;
 mod recover;
+mod releases;
+mod rollback;
+mod shared;
+mod steps;
 
-use crate::config::{AppConfig, Config, Plugins};
+pub use desired::Desired;
+pub use error::{
+    AppLog, BuildError, CheckResult, DeploymentError, EngineError, GateFailure, RollbackError,
+    StopCause,
+};
+pub use shared::{PendingApproval, parallel_deployments};
+pub use steps::HealthReport;
+
+use crate::config::{Config, Plugins};
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
-use serde::Serialize;
+use shared::Shared;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// What one app should be: its config and the plugins it was checked with.
-#[derive(Clone)]
-pub struct Desired {
-    pub app: AppConfig,
-    pub config: Arc<Config>,
-    pub plugins: Plugins,
-}
-
 /// How long a stopping agent waits for queued notifications to go out.
 const NOTIFY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Shared by the app workers.
-pub(crate) struct Shared {
-    pub journal: Arc<Journal>,
-    /// The runtime of the health guard's checks (see `guard::ChecksThread`).
-    pub checks: tokio::runtime::Handle,
-    pub supervisor: Arc<Supervisor>,
-    pub state_dir: PathBuf,
-    /// The latest health check result per (app, environment).
-    /// Latest check by app, then environment (looked up by `&str`: written
-    /// 400 times a second under the load bench).
-    health: Mutex<HashMap<String, HashMap<String, HealthReport>>>,
-    /// Deployments waiting at a manual gate, per (app, environment).
-    approvals: Mutex<HashMap<(String, String), Approval>>,
-    /// Tells each app's `notify` steps of its deployments, off their path.
-    notifier: notify::Notifier,
-    /// The warm health-check instance of each (app, environment).
-    warm: Mutex<HashMap<(String, String), WarmSlot>>,
-    /// Deployments running at once (`parallel_deployments`): 200 apps
-    /// deploying together on 2 cores starved their own bake checks into
-    /// timeouts (the load test found it).
-    deploying: Arc<tokio::sync::Semaphore>,
-}
-
-/// How many deployments run at once: eight per core, at least 16. Most of
-/// a deployment is waiting (bakes, smoke retries), so the cap is well above
-/// the cores: at 4 at once the load test's 200 apps took 460 s to deploy
-/// instead of 75 s; with 25 at once their checks kept time on 2 cores. The
-/// others wait their turn (a deployment waiting at a manual gate does not
-/// hold a turn).
-pub fn parallel_deployments() -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    (8 * cores).max(16)
-}
-
-pub(crate) type WarmSlot = Arc<tokio::sync::Mutex<Option<crate::runtime::Warm>>>;
-
-impl Shared {
-    /// The warm-instance slot of (app, env): never shared between apps.
-    pub(crate) fn warm_slot(&self, app: &str, env: &str) -> WarmSlot {
-        let mut warm = self.warm.lock().expect("warm slots poisoned");
-        warm.entry((app.to_string(), env.to_string()))
-            .or_default()
-            .clone()
-    }
-
-    pub(crate) fn record_health(&self, app: &str, env: &str, result: &str, message: &str) {
-        let at = crate::store::now_ms();
-        let mut health = self.health.lock().expect("health map poisoned");
-        let envs = match health.get_mut(app) {
-            Some(envs) => envs,
-            None => health.entry(app.to_string()).or_default(),
-        };
-        match envs.get_mut(env) {
-            // Written in place: a passing check's message is the same
-            // length second after second.
-            Some(report) => {
-                report.result.clear();
-                report.result.push_str(result);
-                report.message.clear();
-                report.message.push_str(message);
-                report.at = at;
-            }
-            None => {
-                let report = HealthReport {
-                    result: result.to_string(),
-                    message: message.to_string(),
-                    at,
-                };
-                envs.insert(env.to_string(), report);
-            }
-        }
-    }
-}
-
-/// The latest health check of an environment (during a bake or after).
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
-    /// healthy, unhealthy, unknown, or how the step failed (timeout, trap...).
-    pub result: String,
-    pub message: String,
-    /// When, ms since the epoch.
-    pub at: i64,
-}
-
-/// A deployment waiting for `slipway approve` before an environment.
-pub(crate) struct Approval {
-    pub info: PendingApproval,
-    pub approve: tokio::sync::oneshot::Sender<()>,
-}
-
-/// What the API shows of a waiting deployment.
-#[derive(Debug, Clone, Serialize)]
-pub struct PendingApproval {
-    pub deployment: i64,
-    pub version: String,
-    pub release: String,
-    /// Waiting since, ms since the epoch.
-    pub since: i64,
-    /// Cancelled at, ms since the epoch, if the gate has a timeout.
-    pub deadline: Option<i64>,
-}
-
-/// Why the engine refused an operator's request.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Internal(String),
-}
 
 /// A request for an app's worker, done between deployments.
 enum Command {
@@ -176,18 +93,9 @@ pub struct Engine {
 impl Engine {
     pub fn new(journal: Arc<Journal>, supervisor: Arc<Supervisor>, state_dir: PathBuf) -> Self {
         let checks = guard::ChecksThread::start();
+        let handle = checks.handle().clone();
         Self {
-            shared: Arc::new(Shared {
-                checks: checks.handle().clone(),
-                supervisor,
-                state_dir,
-                health: Mutex::new(HashMap::new()),
-                approvals: Mutex::new(HashMap::new()),
-                notifier: notify::Notifier::new(journal.clone()),
-                warm: Mutex::new(HashMap::new()),
-                deploying: Arc::new(tokio::sync::Semaphore::new(parallel_deployments())),
-                journal,
-            }),
+            shared: Arc::new(Shared::new(journal, supervisor, state_dir, handle)),
             workers: Mutex::new(HashMap::new()),
             config: Mutex::new(None),
             _checks: checks,
@@ -205,8 +113,7 @@ impl Engine {
 
     /// The latest health check of an environment, if one ran since start.
     pub fn health(&self, app: &str, env: &str) -> Option<HealthReport> {
-        let health = self.shared.health.lock().expect("health map poisoned");
-        health.get(app)?.get(env).cloned()
+        self.shared.steps.health(app, env)
     }
 
     /// The supervised process of an environment, if the agent runs one.
@@ -216,10 +123,7 @@ impl Engine {
 
     /// The deployment waiting for approval before `env`, if any.
     pub fn pending_approval(&self, app: &str, env: &str) -> Option<PendingApproval> {
-        let approvals = self.shared.approvals.lock().expect("approvals poisoned");
-        approvals
-            .get(&(app.to_string(), env.to_string()))
-            .map(|a| a.info.clone())
+        self.shared.pending_approval(app, env)
     }
 
     /// Let the deployment waiting at `env`'s manual gate go on.
@@ -388,17 +292,17 @@ async fn worker(
         let desired = rx.borrow_and_update().clone();
         let changed = match desired {
             Some(desired) => {
-                pipeline::reconcile(&shared, &desired, rx.clone()).await;
+                deployment::reconcile(&shared, &desired, rx.clone()).await;
                 tokio::select! {
                     changed = rx.changed() => changed,
                     unhealthy = guard::guard(shared.clone(), desired.clone()) => {
-                        guard::roll_back(&shared, &desired, unhealthy).await;
+                        rollback::after_guard(&shared, &desired, unhealthy).await;
                         Ok(())
                     }
                     Some(command) = commands.recv() => {
                         match command {
                             Command::Rollback { env, to, reply } => {
-                                guard::operator_rollback(&shared, &desired, &env, to, reply).await;
+                                rollback::for_operator(&shared, &desired, &env, to, reply).await;
                             }
                         }
                         Ok(())

@@ -17,74 +17,25 @@
 //! - An event is delivered with the config in force when it happened, so a
 //!   config edit cannot change what an already queued event does.
 //!
-//! It is not the journal: the deployment's record is written by the
-//! pipeline before its event is queued here.
+//! It is only a queue: the deployment's record is written by the
+//! deployment before its event is queued here, and the step itself is run,
+//! journaled and measured by the step runner (`steps.rs`).
 
-use super::Desired;
-use super::pipeline::{finish_step, log_outcome};
+use super::desired::Desired;
+use super::steps::{Runner, StepCall, Subject};
 use crate::config::StepConfig;
-use crate::runtime::{
-    Event, Limits, StepError, StepInput, StepKind, StepLabels, StepOutcome, StepRequest,
-};
-use crate::store::Journal;
+use crate::runtime::{Event, StepOutcome};
+use crate::vocab::{NotifyState, StepRole};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Default wall time of a notify step: room for the webhook plugin's
-/// default three attempts of 5 s each, with their delays.
-const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Events waiting per app. Far more than a deployment makes; when a
 /// receiver is so slow that it fills up, newer events are dropped (and
 /// logged) rather than held in memory or allowed to block the deployment.
 const QUEUE_LENGTH: usize = 256;
-
-/// A deployment state change, as `notify` steps see it (`event.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// A deployment of a new version started (before its build).
-    Started,
-    /// An environment passed its gates and runs the new release.
-    Promoted,
-    /// The deployment waits at an environment's manual gate.
-    WaitingApproval,
-    /// Every environment runs the new release.
-    Succeeded,
-    /// The deployment failed; nothing was rolled back.
-    Failed,
-    /// An environment was put back on its last good release (a failed gate,
-    /// the health guard, or an operator).
-    RolledBack,
-    /// A manual gate was not passed (timeout, or a newer config).
-    Cancelled,
-}
-
-impl State {
-    /// How a deployment that tried a rollback ended: `rolled-back` if the
-    /// environment is back on a good release, `failed` if not.
-    pub fn after_rollback(rolled_back: bool) -> Self {
-        if rolled_back {
-            State::RolledBack
-        } else {
-            State::Failed
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Started => "started",
-            State::Promoted => "promoted",
-            State::WaitingApproval => "waiting-approval",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::RolledBack => "rolled-back",
-            State::Cancelled => "cancelled",
-        }
-    }
-}
 
 /// One event to deliver, with the config it happened under.
 struct Delivery {
@@ -100,14 +51,14 @@ struct Queue {
 
 /// The per-app notification queues; lives in the engine's `Shared`.
 pub(crate) struct Notifier {
-    journal: Arc<Journal>,
+    steps: Arc<Runner>,
     queues: Mutex<HashMap<String, Queue>>,
 }
 
 impl Notifier {
-    pub(crate) fn new(journal: Arc<Journal>) -> Self {
+    pub(crate) fn new(steps: Arc<Runner>) -> Self {
         Self {
-            journal,
+            steps,
             queues: Mutex::new(HashMap::new()),
         }
     }
@@ -121,7 +72,7 @@ impl Notifier {
         deployment: i64,
         environment: Option<&str>,
         version: &str,
-        state: State,
+        state: NotifyState,
         message: impl Into<String>,
     ) {
         if desired.app.notify.is_empty() {
@@ -166,11 +117,11 @@ impl Notifier {
 
     fn start_queue(&self, app: &str) -> Queue {
         let (events, mut rx) = mpsc::channel::<Delivery>(QUEUE_LENGTH);
-        let journal = self.journal.clone();
+        let steps = self.steps.clone();
         let app = app.to_string();
         let task = tokio::spawn(async move {
             while let Some(delivery) = rx.recv().await {
-                deliver(&journal, &delivery).await;
+                deliver(&steps, &delivery).await;
             }
             tracing::debug!(app = %app, "notification queue closed");
         });
@@ -201,9 +152,9 @@ impl Notifier {
 }
 
 /// Tell every `notify` step of the app about one event, in order.
-async fn deliver(journal: &Journal, delivery: &Delivery) {
+async fn deliver(steps: &Runner, delivery: &Delivery) {
     for step in &delivery.desired.app.notify {
-        let outcome = deliver_to(journal, delivery, step).await;
+        let outcome = deliver_to(steps, delivery, step).await;
         if let Err(e) = &outcome.result {
             let app = &delivery.desired.app.name;
             tracing::warn!(app = %app, deployment = delivery.deployment, plugin = %step.plugin,
@@ -218,95 +169,18 @@ fn notification_failed(app: &str, plugin: &str) {
     crate::metrics::metrics().notification_failed(app, plugin);
 }
 
-/// Run one `notify` step, journaled as a step of the deployment.
-async fn deliver_to(journal: &Journal, delivery: &Delivery, step: &StepConfig) -> StepOutcome {
-    let Delivery {
-        desired,
-        deployment,
-        event,
-    } = delivery;
-    let environment = event.environment.as_deref();
-    let open = journal
-        .start_step(*deployment, environment, "notify", &step.plugin, 1)
-        .map_err(|e| tracing::error!(error = %e, "could not journal a notify step"))
-        .ok()
-        .map(|id| OpenStep { journal, id });
-    let (Some(plugin), Some(plugin_cfg)) = (
-        desired.plugins.get(&step.plugin),
-        desired.config.plugins.get(&step.plugin),
-    ) else {
-        let outcome = StepOutcome {
-            result: Err(StepError::Setup(format!(
-                "plugin `{}` is not loaded",
-                step.plugin
-            ))),
-            logs: Vec::new(),
-            duration: Duration::ZERO,
-        };
-        if let Some(open) = open {
-            open.finish(&outcome);
-        }
-        return outcome;
+/// Run one `notify` step, journaled as a step of the deployment: only the
+/// plugin's own grants, since there is no release to read. A delivery cut
+/// short (the agent stops while a receiver hangs) is journaled
+/// `interrupted` (see `steps::Runner::run`).
+async fn deliver_to(steps: &Runner, delivery: &Delivery, step: &StepConfig) -> StepOutcome {
+    let call = StepCall {
+        desired: &delivery.desired,
+        deployment: Some(delivery.deployment),
+        env: delivery.event.environment.as_deref(),
+        role: StepRole::Notify,
+        step,
+        on: Subject::Event(&delivery.event),
     };
-    let request = StepRequest {
-        kind: StepKind::Notify,
-        input: StepInput::Notify {
-            event: event.clone(),
-            params: step.params.clone(),
-        },
-        // Only the plugin's own grants: there is no release to read.
-        grants: plugin_cfg.grants.clone(),
-        limits: Limits {
-            wall_time: step
-                .timeout
-                .or(plugin_cfg.timeout)
-                .unwrap_or(NOTIFY_TIMEOUT),
-            memory_bytes: plugin_cfg.memory.unwrap_or(Limits::default().memory_bytes),
-            ..Limits::default()
-        },
-        secrets: desired.config.step_secrets(&plugin_cfg.grants.secrets),
-        redactor: desired.config.redactor(),
-        labels: StepLabels {
-            plugin: step.plugin.clone(),
-            kind: StepKind::Notify.as_str().to_string(),
-            app: desired.app.name.clone(),
-            environment: environment.unwrap_or_default().to_string(),
-            deployment: deployment.to_string(),
-        },
-    };
-    let outcome = plugin.run(&request).await;
-    log_outcome(plugin, &request, &outcome);
-    let (result, _) = super::pipeline::describe(&outcome);
-    crate::metrics::metrics().step("notify", &step.plugin, result, outcome.duration);
-    if let Some(open) = open {
-        open.finish(&outcome);
-    }
-    outcome
-}
-
-/// A journaled notify step not finished yet. If its delivery is dropped
-/// (the agent stops while a receiver hangs), the step is closed as
-/// `interrupted` rather than left open in the history.
-struct OpenStep<'a> {
-    journal: &'a Journal,
-    id: i64,
-}
-
-impl OpenStep<'_> {
-    fn finish(self, outcome: &StepOutcome) {
-        finish_step(self.journal, self.id, outcome);
-        // Finished: nothing left for `drop` to close.
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for OpenStep<'_> {
-    fn drop(&mut self) {
-        let _ = self.journal.finish_step(
-            self.id,
-            "interrupted",
-            "the agent stopped before this notification was delivered",
-            &[],
-        );
-    }
+    steps.run(&call).await
 }

@@ -12,10 +12,11 @@
 //! that ran it are recorded as stopped, so the reconciler deploys the
 //! config's version again instead of taking the journal's word for it.
 
-use super::Shared;
-use super::pipeline::{release_ref, run_spec};
+use super::releases::{release_ref, run_spec};
+use super::shared::Shared;
 use crate::config::{Config, OnFailure};
 use crate::store::{Deployment, DeploymentState, Journal};
+use crate::vocab::{EnvChange, Verdict};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,7 +59,13 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
                 tracing::warn!(app = %app, env = %env, from = %current, to = %good,
                     "release had not passed its gates when the agent stopped: rolling back");
                 if journal
-                    .set_current_release(app, env, Some(good), None, "rolled-back (recovery)")
+                    .set_current_release(
+                        app,
+                        env,
+                        Some(good),
+                        None,
+                        EnvChange::RolledBackInRecovery.as_str(),
+                    )
                     .is_err()
                 {
                     continue;
@@ -68,7 +75,8 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
             (Some(current), None) => {
                 tracing::warn!(app = %app, env = %env, release = %current,
                     "release had not passed its gates and there is no earlier good one: stopped");
-                let _ = journal.set_current_release(app, env, None, None, "stopped (recovery)");
+                let change = EnvChange::StoppedInRecovery.as_str();
+                let _ = journal.set_current_release(app, env, None, None, change);
                 None
             }
             (current, _) => current.clone(),
@@ -96,7 +104,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
                         env,
                         None,
                         None,
-                        "stopped (could not start)",
+                        EnvChange::StoppedCouldNotStart.as_str(),
                     );
                 }
             }
@@ -149,7 +157,7 @@ pub(super) fn close_interrupted(
             };
             let _ = journal.finish_step(
                 step.id,
-                "interrupted",
+                Verdict::Interrupted.as_str(),
                 &format!("the agent was {stopped} during this step"),
                 &[],
             );
@@ -190,7 +198,7 @@ fn forget_missing_releases(shared: &Shared) {
                 env,
                 None,
                 None,
-                "stopped (release directory missing)",
+                EnvChange::StoppedReleaseMissing.as_str(),
             );
         }
         if let Some(good) = &state.last_good_release

@@ -13,9 +13,9 @@
 //! async either: every call is a short local transaction, so it takes a
 //! `std::sync::Mutex` and callers may use it from async code directly.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
+use rusqlite::types::Type;
 use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior, params,
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -127,72 +127,7 @@ pub enum StoreError {
     NotAJournal { path: PathBuf, reason: String },
 }
 
-/// Where a deployment is; `running` until it ends one of the other ways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeploymentState {
-    /// Started and not yet ended (after a crash: interrupted, see recovery).
-    Running,
-    /// Every environment passed its gates.
-    Succeeded,
-    /// A step or gate failed; `reason` says which.
-    Failed,
-    /// A gate failed and that environment was put back on its last good
-    /// release; `reason` says which gate and why.
-    RolledBack,
-    /// The agent stopped while it ran; found and closed at start-up.
-    Interrupted,
-    /// Stopped at a manual gate: not approved in time, or superseded by a
-    /// newer config. The environments past the gate were not touched.
-    Cancelled,
-}
-
-impl DeploymentState {
-    /// The word stored in the journal and shown to people.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::RolledBack => "rolled-back",
-            Self::Interrupted => "interrupted",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// The state named by `s` (as `as_str` writes it), if any.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "running" => Some(Self::Running),
-            "succeeded" => Some(Self::Succeeded),
-            "failed" => Some(Self::Failed),
-            "rolled-back" => Some(Self::RolledBack),
-            "interrupted" => Some(Self::Interrupted),
-            "cancelled" => Some(Self::Cancelled),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for DeploymentState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for DeploymentState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for DeploymentState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        Self::parse(s)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown deployment state {s:?}").into()))
-    }
-}
+pub use crate::vocab::DeploymentState;
 
 /// One deployment of one spec of one app (the spec JSON itself is stored
 /// but not loaded here: it is for people reading the journal).
