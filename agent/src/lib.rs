@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod datetime;
 pub mod engine;
 pub mod fault;
 pub mod init;

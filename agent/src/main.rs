@@ -364,10 +364,12 @@ fn main() {
         std::process::exit(slipway::runtime::compile_component_stdio());
     }
     // `plugin test` prints the step's log lines itself; the agent's copy of
-    // them on stderr would only repeat them.
+    // them on stderr would only repeat them. wasi-http warns of every
+    // refused connection ("connect error") beside Slipway's own line for
+    // the failed check, which names the app, the environment and the URL.
     let default_filter = match args.command {
         Command::Plugin { .. } => "warn,slipway::plugin=off,wasmtime_wasi_http=error",
-        _ => "info",
+        _ => "info,wasmtime_wasi_http=error",
     };
     init_logs(args.log_format, default_filter);
     // A file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail the

@@ -14,7 +14,6 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 
 /// Where `spec.command` points: absolute as is, with a `/` relative to
@@ -164,7 +163,8 @@ pub(super) fn spawn(
         prefix.push(b'\n');
     }
     prefix.extend_from_slice(format!("--- started {} pid ", program.display()).as_bytes());
-    let suffix = format!(" at {} ---\n", unix_ms()).into_bytes();
+    let at = crate::datetime::fmt_time(crate::store::now_ms());
+    let suffix = format!(" at {at} UTC ---\n").into_bytes();
     // SAFETY: the closure only calls getpid, write(2) and signal(2), all
     // async-signal-safe, on memory allocated before the fork; it allocates
     // nothing and cannot panic.
@@ -239,14 +239,6 @@ fn write_all_raw(mut buf: &[u8]) {
         }
         buf = buf.get(written..).unwrap_or_default();
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 /// The pgid as `pid_t`, if it is one we may signal: > 1 and not our own group.
