@@ -72,8 +72,18 @@ fn assert_no_panic(log: &str) {
 /// The agent with its own command line tweaks (another user, a piped
 /// stderr); its log goes to `NAME.log` in the quickstart dir.
 fn spawn_agent(q: &Quickstart, name: &str, setup: impl FnOnce(&mut Command)) -> Agent {
+    spawn_agent_from(q, Path::new(env!("CARGO_BIN_EXE_slipway")), name, setup)
+}
+
+/// [`spawn_agent`] with the binary at `program`.
+fn spawn_agent_from(
+    q: &Quickstart,
+    program: &Path,
+    name: &str,
+    setup: impl FnOnce(&mut Command),
+) -> Agent {
     let log = q.dir.path().join(format!("{name}.log"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    let mut cmd = Command::new(program);
     cmd.args(["agent", "-c"])
         .arg(q.config())
         .stdout(Stdio::null())
@@ -174,9 +184,14 @@ fn state_dir_not_writable_at_start_is_refused_with_the_dir_and_user() {
 
     let (code, log, expected) = if unsafe { libc::geteuid() } == 0 {
         // Root ignores permission bits: run the agent as `nobody`, who can
-        // read the config but not write (or own) the state dir.
+        // read the config but not write (or own) the state dir. The binary
+        // is copied beside the config: the checkout it was built in may lie
+        // where `nobody` cannot go (root's home, a 0700 temp dir).
         std::fs::set_permissions(q.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let agent = spawn_agent(&q, "as-nobody", |c| {
+        let program = q.dir.path().join("slipway");
+        std::fs::copy(env!("CARGO_BIN_EXE_slipway"), &program).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let agent = spawn_agent_from(&q, &program, "as-nobody", |c| {
             c.uid(65534).gid(65534);
         });
         let (code, log) = run_to_exit(agent);
