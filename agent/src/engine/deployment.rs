@@ -5,7 +5,7 @@
 
 use super::bake::{self, BakeEnd, BakePolicy};
 use super::desired::Desired;
-use super::error::{BuildError, GateFailure};
+use super::error::{BuildError, Cancelled, GateFailure};
 use super::machine::{self, End, Event, Failure, Phase, Plan, Report};
 use super::releases::{self, app_log, env_release, release_ref, run_spec};
 use super::rollback::roll_back_env;
@@ -62,7 +62,7 @@ pub(super) async fn reconcile(
             turn
         }
     };
-    match Deployment::start(shared.clone(), desired.clone(), hash, updates, turn) {
+    match DeploymentRun::start(shared.clone(), desired.clone(), hash, updates, turn) {
         Ok(mut d) => d.run().await,
         Err(e) => tracing::error!(app = %app.name, error = %e, "could not start a deployment"),
     }
@@ -82,7 +82,7 @@ fn all_envs_run(shared: &Shared, desired: &Desired, release: Option<&str>) -> bo
 }
 
 /// A deployment in progress.
-struct Deployment {
+struct DeploymentRun {
     shared: Arc<Shared>,
     desired: Desired,
     plan: Plan,
@@ -101,7 +101,7 @@ struct Deployment {
     previous: Option<ReleaseRef>,
 }
 
-impl Deployment {
+impl DeploymentRun {
     fn start(
         shared: Arc<Shared>,
         desired: Desired,
@@ -257,7 +257,8 @@ impl Deployment {
                 );
                 return;
             }
-            End::Cancelled(reason) => {
+            End::Cancelled(why) => {
+                let reason = why.to_string();
                 // Not pinned: nothing failed; the next config change or
                 // agent start asks again.
                 tracing::warn!(app = %self.app(), deployment = self.id, reason = %reason, "deployment cancelled");
@@ -375,8 +376,9 @@ impl Deployment {
     }
 
     /// Wait at `env`'s manual gate for `slipway approve`; cancelled by the
-    /// gate's timeout or by a newer config for the app.
-    async fn await_approval(&mut self, env: &EnvConfig) -> Result<(), String> {
+    /// gate's timeout or by a newer config for the app (`Err`: why, as the
+    /// cancelled deployment's reason).
+    async fn await_approval(&mut self, env: &EnvConfig) -> Result<(), Cancelled> {
         let release = self.release();
         let (approve, approved) = tokio::sync::oneshot::channel();
         let since = crate::store::now_ms();
@@ -407,16 +409,11 @@ impl Deployment {
         };
         let result = tokio::select! {
             Ok(()) = approved => Ok(()),
-            () = timeout => Err(format!(
-                "{}: not approved within {} s; {} was not touched",
-                env.name,
-                env.approval_timeout.unwrap_or_default().as_secs(),
-                env.name
-            )),
-            _ = self.updates.changed() => Err(format!(
-                "{}: superseded by a newer config while waiting for approval; {} was not touched",
-                env.name, env.name
-            )),
+            () = timeout => Err(Cancelled::NotApproved {
+                env: env.name.clone(),
+                within: env.approval_timeout.unwrap_or_default(),
+            }),
+            _ = self.updates.changed() => Err(Cancelled::Superseded { env: env.name.clone() }),
         };
         // Approve removed it already; a timeout or a new config did not.
         let mut approvals = self.shared.approvals.lock().expect("approvals poisoned");

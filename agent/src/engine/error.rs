@@ -64,6 +64,20 @@ impl DeploymentError {
     }
 }
 
+/// Why a deployment stopped at a manual gate; nothing past it was touched.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Cancelled {
+    #[error("{env}: not approved within {} s; {env} was not touched", within.as_secs())]
+    NotApproved {
+        env: String,
+        within: std::time::Duration,
+    },
+    #[error(
+        "{env}: superseded by a newer config while waiting for approval; {env} was not touched"
+    )]
+    Superseded { env: String },
+}
+
 /// Why a release could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

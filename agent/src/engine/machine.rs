@@ -27,7 +27,7 @@
 //! `MarkGood` (recording it as good). A deployment that ends `Failed` or
 //! `RolledBack` is pinned by the driver; `Cancelled` is not (nothing failed).
 
-use super::error::{BuildError, DeploymentError, GateFailure, RollbackError};
+use super::error::{BuildError, Cancelled, DeploymentError, GateFailure, RollbackError};
 use crate::config::{AppConfig, OnFailure, Promote};
 use crate::runtime::StepError;
 use crate::vocab::EnvOutcome;
@@ -135,8 +135,8 @@ pub(super) enum End {
     Failed(DeploymentError),
     /// A gate failed; that environment is back on its last good release.
     RolledBack(DeploymentError),
-    /// A manual gate was not passed; why.
-    Cancelled(String),
+    /// A manual gate was not passed.
+    Cancelled(Cancelled),
 }
 
 /// How a phase's work went.
@@ -145,7 +145,7 @@ pub(super) enum Event {
     Passed,
     Failed(Failure),
     /// A manual gate timed out or was superseded.
-    Cancelled(String),
+    Cancelled(Cancelled),
 }
 
 /// What failed, as the phase's work reports it.

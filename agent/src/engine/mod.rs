@@ -48,8 +48,8 @@ mod steps;
 
 pub use desired::Desired;
 pub use error::{
-    AppLog, BuildError, CheckResult, DeploymentError, EngineError, GateFailure, RollbackError,
-    StopCause,
+    AppLog, BuildError, Cancelled, CheckResult, DeploymentError, EngineError, GateFailure,
+    RollbackError, StopCause,
 };
 pub use shared::{PendingApproval, parallel_deployments};
 pub use steps::HealthReport;

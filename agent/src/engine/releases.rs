@@ -10,7 +10,7 @@ use super::shared::Shared;
 use crate::config::{AppSource, EnvConfig, RunConfig};
 use crate::runtime::ReleaseRef;
 use crate::store::{DeploymentState, EnvState};
-use crate::supervisor::{RunSpec, log_tail};
+use crate::supervisor::{RunSpec, SupervisorError, log_tail};
 use std::path::{Path, PathBuf};
 
 /// The journal's record of a release, as a step sees it.
@@ -34,6 +34,15 @@ pub(super) fn env_release(
     release_ref(shared, &pick(&state)?)
 }
 
+/// Why a release cannot run now.
+#[derive(Debug, thiserror::Error)]
+pub enum NotStartable {
+    #[error("its directory {} is gone", .0.display())]
+    DirGone(PathBuf),
+    #[error("{0}")]
+    Command(#[from] SupervisorError),
+}
+
 /// Whether `release` could run in `env` now: its directory is there and,
 /// for a supervised app, its command is an executable file in it.
 pub(super) fn startable(
@@ -41,16 +50,13 @@ pub(super) fn startable(
     app: &str,
     env: &EnvConfig,
     release: &ReleaseRef,
-) -> Result<(), String> {
+) -> Result<(), NotStartable> {
     if !release.dir.is_dir() {
-        return Err(format!("its directory {} is gone", release.dir.display()));
+        return Err(NotStartable::DirGone(release.dir.clone()));
     }
     if let Some(run) = &env.run {
         let spec = run_spec(&shared.state_dir, app, env, run, release);
-        shared
-            .supervisor
-            .check(app, &env.name, &spec)
-            .map_err(|e| e.to_string())?;
+        shared.supervisor.check(app, &env.name, &spec)?;
     }
     Ok(())
 }

@@ -64,7 +64,7 @@ pub(super) async fn roll_back_env(
     // Never record (or report) a rollback to a release that cannot run:
     // its directory or binary may have been deleted under the agent.
     if let Err(why) = startable(shared, app, env, target) {
-        let release = target.id.clone();
+        let (release, why) = (target.id.clone(), why.to_string());
         return stop(StopCause::CannotStart { release, why }).await;
     }
     // The target becomes the last good release in the same transaction
