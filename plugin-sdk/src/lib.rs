@@ -256,7 +256,13 @@ macro_rules! export {
                 const KINDS: &'static [$crate::StepKind] =
                     &[$($crate::__export_kind!(@kind $kind)),+];
             }
+            #[allow(dead_code)] // used by the exports, which exist on wasm32 only
             type __SlipwayAdapter = $crate::__private::Adapter<$ty>;
+            // The component's exports: only a wasm32 build has them. Their
+            // names (`slipway:plugin/...`) are no symbols a host linker
+            // takes, so a host build (`cargo build --workspace`, docs,
+            // tests of the plugin's own logic) leaves them out.
+            #[cfg(target_arch = "wasm32")]
             $crate::__export_slipway_plugin_plugin_0_1_0_cabi!(
                 __SlipwayAdapter with_types_in $crate::bindings::exports::slipway::plugin::plugin
             );
@@ -298,6 +304,7 @@ macro_rules! __export_kind {
     };
     ($other:ident) => {};
     (@glue $iface:ident, $cabi:ident, $world:ident, $name:literal) => { const _: () = {
+        #[cfg(target_arch = "wasm32")]
         $crate::$cabi!(
             __SlipwayAdapter with_types_in $crate::bindings::exports::slipway::plugin::$iface
         );

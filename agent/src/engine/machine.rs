@@ -460,16 +460,23 @@ mod tests {
     #[test]
     fn a_manual_gate_not_passed_cancels_without_touching_the_environment() {
         let mut events: Vec<Event> = (0..6).map(|_| Event::Passed).collect();
-        events.push(Event::Cancelled(
-            "production: not approved within 1 s".into(),
-        ));
+        events.push(Event::Cancelled(Cancelled::NotApproved {
+            env: "production".into(),
+            within: std::time::Duration::from_secs(1),
+        }));
         let (seen, reports, end) = walk(&plan(), events);
         assert_eq!(&seen[seen.len() - 2..], ["Approve(1)", "End(Cancelled)"]);
         assert_eq!(
             reports.last(),
             Some(&outcome(Some(1), EnvOutcome::Cancelled))
         );
-        assert!(matches!(end, Phase::End(End::Cancelled(_))));
+        let Phase::End(End::Cancelled(why)) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(
+            why.to_string(),
+            "production: not approved within 1 s; production was not touched"
+        );
     }
 
     #[test]

@@ -31,4 +31,6 @@ impl Check for Fixture {
     }
 }
 
+// Exports only on wasm32: their names are no host linker symbols.
+#[cfg(target_arch = "wasm32")]
 export!(Fixture);
