@@ -1,0 +1,147 @@
+//! `[plugins.NAME]`: where a plugin comes from, its pin, its limits, and
+//! the grants of its sandbox (directories, hosts, programs, env, secrets).
+
+use super::doc::{Doc, Value, required};
+use crate::grants::{DirGrant, HostPattern};
+use crate::plugin::{BUILTINS, MAX_MEMORY_BYTES};
+use crate::*;
+use toml::de::DeValue;
+
+pub(super) fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<PluginConfig> {
+    let what = format!("[plugins.{name}]");
+    let table = doc.table(v, &what)?;
+    doc.known_keys(
+        table,
+        &what,
+        &["source", "sha256", "grants", "timeout", "memory_mb", "warm"],
+    );
+    let at = doc.loc(v.span().start);
+    let source_v = required(doc, table, "source", &what, v.span())?;
+    let source_text = doc.string(source_v, "`source`")?;
+    let source = match source_text.strip_prefix("builtin:") {
+        Some(b) if !BUILTINS.contains(&b) => {
+            doc.error(
+                source_v.span(),
+                format!(
+                    "unknown builtin plugin `{b}` (builtins: {})",
+                    BUILTINS.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(b) => PluginSource::Builtin(b.to_string()),
+        None => PluginSource::File(doc.path(&source_text)),
+    };
+    let sha256 = match table.get("sha256") {
+        Some(v) => {
+            let s = doc.string(v, "`sha256`")?;
+            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                doc.error(v.span(), "`sha256` must be 64 hex digits");
+            }
+            Some(s.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let grants = match table.get("grants") {
+        Some(v) => grants(doc, v, &format!("{what} grants"))?,
+        None => Grants::default(),
+    };
+    let timeout = match table.get("timeout") {
+        Some(v) => Some(doc.duration(v, "`timeout`")?),
+        None => None,
+    };
+    let memory = match table.get("memory_mb") {
+        Some(v) => {
+            let mb = doc.integer(v, "`memory_mb`", 1)? as usize;
+            if mb > MAX_MEMORY_BYTES >> 20 {
+                doc.error(
+                    v.span(),
+                    format!("`memory_mb` may be at most {}", MAX_MEMORY_BYTES >> 20),
+                );
+            }
+            Some(mb << 20)
+        }
+        None => None,
+    };
+    let warm = match table.get("warm") {
+        Some(v) => doc.boolean(v, "`warm`")?,
+        None => true,
+    };
+    Some(PluginConfig {
+        name: name.to_string(),
+        source,
+        sha256,
+        grants,
+        timeout,
+        memory,
+        warm,
+        at,
+    })
+}
+
+fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
+    let table = doc.table(v, what)?;
+    doc.known_keys(
+        table,
+        what,
+        &["dirs", "dirs_rw", "http", "tcp", "exec", "env", "secrets"],
+    );
+    let mut g = Grants::default();
+    for (key, write) in [("dirs", false), ("dirs_rw", true)] {
+        if let Some(v) = table.get(key) {
+            for dir in doc.strings(v, &format!("`{key}`"))? {
+                g.dirs.push(DirGrant {
+                    path: doc.path(&dir),
+                    write,
+                });
+            }
+        }
+    }
+    for key in ["http", "tcp"] {
+        let Some(v) = table.get(key) else { continue };
+        let DeValue::Array(items) = v.get_ref() else {
+            doc.error(
+                v.span(),
+                format!("`{key}` must be an array of \"host:port\" strings"),
+            );
+            continue;
+        };
+        let mut patterns = Vec::new();
+        for item in items {
+            let Some(text) = doc.string(item, &format!("each item of `{key}`")) else {
+                continue;
+            };
+            match HostPattern::parse(&text) {
+                Ok(p) => patterns.push(p),
+                Err(e) => doc.error(item.span(), format!("`{key}`: {e}")),
+            }
+        }
+        if key == "http" {
+            g.http = patterns
+        } else {
+            g.tcp = patterns
+        }
+    }
+    if let Some(v) = table.get("exec") {
+        g.exec = doc.strings(v, "`exec`")?;
+    }
+    if let Some(v) = table.get("env") {
+        g.env = doc.string_map(v, "`env`")?;
+    }
+    if let Some(v) = table.get("secrets") {
+        g.secrets = doc.strings(v, "`secrets`")?;
+        if let DeValue::Array(items) = v.get_ref() {
+            for (name, item) in g.secrets.iter().zip(items) {
+                if !doc.secret_names.contains(name) {
+                    doc.error(
+                        item.span(),
+                        format!(
+                            "`secrets`: no secret `{name}` is declared: add [secrets.{name}] with its source (`env`, `file` or `credential`)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Some(g)
+}
