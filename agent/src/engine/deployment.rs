@@ -178,11 +178,14 @@ impl DeploymentRun {
             },
             Phase::Approve(i) => {
                 let env = self.env_config(*i);
+                // No turn is held while waiting for a person; a cancelled
+                // deployment ends without taking one again.
                 self.turn = None;
-                let approved = self.await_approval(&env).await;
-                self.turn = self.shared.deploying.clone().acquire_owned().await.ok();
-                match approved {
-                    Ok(()) => Event::Passed,
+                match self.await_approval(&env).await {
+                    Ok(()) => {
+                        self.turn = self.shared.deploying.clone().acquire_owned().await.ok();
+                        Event::Passed
+                    }
                     Err(why) => Event::Cancelled(why),
                 }
             }
