@@ -460,7 +460,7 @@ impl DeploymentRun {
             &env.name,
             Some(&release.id),
             Some(self.id),
-            EnvChange::Activating.as_str(),
+            EnvChange::Activating,
         )?;
         if let Some(deploy) = &env.deploy {
             let outcome = self.step(Some(env), StepRole::Deploy, deploy, 1).await;

@@ -64,7 +64,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
                         env,
                         Some(good),
                         None,
-                        EnvChange::RolledBackInRecovery.as_str(),
+                        EnvChange::RolledBackInRecovery,
                     )
                     .is_err()
                 {
@@ -75,7 +75,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
             (Some(current), None) => {
                 tracing::warn!(app = %app, env = %env, release = %current,
                     "release had not passed its gates and there is no earlier good one: stopped");
-                let change = EnvChange::StoppedInRecovery.as_str();
+                let change = EnvChange::StoppedInRecovery;
                 let _ = journal.set_current_release(app, env, None, None, change);
                 None
             }
@@ -104,7 +104,7 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
                         env,
                         None,
                         None,
-                        EnvChange::StoppedCouldNotStart.as_str(),
+                        EnvChange::StoppedCouldNotStart,
                     );
                 }
             }
@@ -157,7 +157,7 @@ pub(super) fn close_interrupted(
             };
             let _ = journal.finish_step(
                 step.id,
-                Verdict::Interrupted.as_str(),
+                Verdict::Interrupted,
                 &format!("the agent was {stopped} during this step"),
                 &[],
             );
@@ -193,13 +193,8 @@ fn forget_missing_releases(shared: &Shared) {
         {
             tracing::warn!(app = %app, env = %env, release = %current,
                 "the release this environment ran is not on disk: stopped; the config's version is deployed again");
-            let _ = journal.set_current_release(
-                app,
-                env,
-                None,
-                None,
-                EnvChange::StoppedReleaseMissing.as_str(),
-            );
+            let _ =
+                journal.set_current_release(app, env, None, None, EnvChange::StoppedReleaseMissing);
         }
         if let Some(good) = &state.last_good_release
             && !on_disk(good)
@@ -212,16 +207,19 @@ fn forget_missing_releases(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::StepRole;
 
     #[test]
     fn an_interrupted_deployment_leaves_no_step_open() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&dir.path().join("journal.db")).unwrap();
         let id = journal.start_deployment("web", "2", "h", "{}").unwrap();
-        let build = journal.start_step(id, None, "build", "command", 1).unwrap();
-        journal.finish_step(build, "ok", "", &[]).unwrap();
+        let build = journal
+            .start_step(id, None, StepRole::Build, "command", 1)
+            .unwrap();
+        journal.finish_step(build, Verdict::Ok, "", &[]).unwrap();
         let smoke = journal
-            .start_step(id, Some("staging"), "smoke-test", "http-check", 1)
+            .start_step(id, Some("staging"), StepRole::SmokeTest, "http-check", 1)
             .unwrap();
         let d = journal.deployment(id).unwrap().unwrap();
         let reason = close_interrupted(&journal, &d, "stopped abruptly", "redone now");

@@ -45,13 +45,7 @@ pub(super) async fn roll_back_env(
     let journal = &shared.journal;
     let stop = |why: StopCause| async move {
         tracing::warn!(app = %app, env = %env.name, "{why}: stopping the environment");
-        let _ = journal.set_current_release(
-            app,
-            &env.name,
-            None,
-            deployment,
-            EnvChange::Stopped.as_str(),
-        );
+        let _ = journal.set_current_release(app, &env.name, None, deployment, EnvChange::Stopped);
         let _ = shared.supervisor.stop(app, &env.name).await;
         Err(RollbackError::Stopped {
             env: env.name.clone(),
@@ -69,8 +63,7 @@ pub(super) async fn roll_back_env(
     }
     // The target becomes the last good release in the same transaction
     // (it passed its gates before): see `Journal::roll_back_to`.
-    let change = EnvChange::RolledBack.as_str();
-    if let Err(e) = journal.roll_back_to(app, &env.name, &target.id, deployment, change) {
+    if let Err(e) = journal.roll_back_to(app, &env.name, &target.id, deployment) {
         tracing::error!(error = %e, "could not record the rollback; not acting on it");
         return Err(RollbackError::NotRecorded(e));
     }

@@ -150,13 +150,7 @@ impl Runner {
         };
         let id = self
             .journal
-            .start_step(
-                deployment,
-                call.env,
-                call.role.as_str(),
-                &call.step.plugin,
-                attempt,
-            )
+            .start_step(deployment, call.env, call.role, &call.step.plugin, attempt)
             .map_err(|e| tracing::error!(error = %e, "could not journal a step"))
             .ok()?;
         let on_drop = matches!(call.on, Subject::Event(_))
@@ -364,10 +358,7 @@ impl OpenStep<'_> {
                 fields: l.fields.clone(),
             })
             .collect();
-        if let Err(e) = self
-            .journal
-            .finish_step(self.id, verdict.as_str(), &message, &logs)
-        {
+        if let Err(e) = self.journal.finish_step(self.id, verdict, &message, &logs) {
             tracing::error!(error = %e, "could not journal a step result");
         }
     }
@@ -378,7 +369,7 @@ impl Drop for OpenStep<'_> {
         if let Some(message) = self.on_drop {
             let _ = self
                 .journal
-                .finish_step(self.id, Verdict::Interrupted.as_str(), message, &[]);
+                .finish_step(self.id, Verdict::Interrupted, message, &[]);
         }
     }
 }

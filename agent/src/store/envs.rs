@@ -4,6 +4,7 @@
 
 use super::error::Fail;
 use super::{EnvEvent, EnvState, Journal, StoreError, collect, now_ms, sql_limit};
+use crate::vocab::EnvChange;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 impl Journal {
@@ -41,7 +42,7 @@ impl Journal {
         env: &str,
         release: Option<&str>,
         deployment_id: Option<i64>,
-        event: &str,
+        event: EnvChange,
     ) -> Result<(), StoreError> {
         self.write("set_current_release", |tx| {
             let at = now_ms();
@@ -60,15 +61,16 @@ impl Journal {
     /// Put an environment back on `release`, a release that passed its gates
     /// before, and make it the one to roll back to, in one transaction: a
     /// crash between the two would leave the journal saying the failed
-    /// release is the good one, and recovery would restart it.
+    /// release is the good one, and recovery would restart it. Recorded in
+    /// the history as `rolled-back`.
     pub fn roll_back_to(
         &self,
         app: &str,
         env: &str,
         release: &str,
         deployment_id: Option<i64>,
-        event: &str,
     ) -> Result<(), StoreError> {
+        let event = EnvChange::RolledBack;
         self.write("roll_back_to", |tx| {
             let at = now_ms();
             tx.execute(
@@ -151,7 +153,7 @@ fn record_history(
     env: &str,
     release: Option<&str>,
     deployment_id: Option<i64>,
-    event: &str,
+    event: EnvChange,
     at: i64,
 ) -> Result<(), Fail> {
     tx.execute(

@@ -2,6 +2,7 @@
 //! how it ended, and the log lines its plugin emitted, written with its end.
 
 use super::{Journal, LogRecord, StepRecord, StoreError, collect, now_ms};
+use crate::vocab::{StepRole, Verdict};
 use rusqlite::params;
 use rusqlite::types::Type;
 
@@ -11,7 +12,7 @@ impl Journal {
         &self,
         deployment_id: i64,
         environment: Option<&str>,
-        kind: &str,
+        kind: StepRole,
         plugin: &str,
         attempt: u32,
     ) -> Result<i64, StoreError> {
@@ -29,7 +30,7 @@ impl Journal {
     pub fn finish_step(
         &self,
         step_id: i64,
-        outcome: &str,
+        outcome: Verdict,
         message: &str,
         logs: &[LogRecord],
     ) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 
 use super::migrate::{MIGRATIONS, user_version};
 use super::*;
+use crate::vocab::{EnvChange, StepRole, Verdict};
 use rusqlite::Connection;
 use std::time::Duration;
 
@@ -85,7 +86,10 @@ fn schema_1_journal_migrates_keeping_every_row_and_reference() {
         DeploymentState::Cancelled
     );
     // Foreign keys are enforced again after the rebuild.
-    assert!(j.start_step(99, None, "build", "command", 1).is_err());
+    assert!(
+        j.start_step(99, None, StepRole::Build, "command", 1)
+            .is_err()
+    );
 }
 
 #[test]
@@ -103,9 +107,11 @@ fn deployment_step_and_log_round_trip() {
     j.record_release(&release("1.2.0-1", "web", 10)).unwrap();
     j.set_deployment_release(id, "1.2.0-1").unwrap();
 
-    let build = j.start_step(id, None, "build", "command", 1).unwrap();
+    let build = j
+        .start_step(id, None, StepRole::Build, "command", 1)
+        .unwrap();
     let smoke = j
-        .start_step(id, Some("staging"), "smoke", "http-check", 2)
+        .start_step(id, Some("staging"), StepRole::SmokeTest, "http-check", 2)
         .unwrap();
     let logs = vec![
         LogRecord {
@@ -123,11 +129,12 @@ fn deployment_step_and_log_round_trip() {
             fields: vec![],
         },
     ];
-    j.finish_step(build, "ok", "artifact out", &logs).unwrap();
-    j.finish_step(smoke, "timeout", "no answer in 5s", &[])
+    j.finish_step(build, Verdict::Ok, "artifact out", &logs)
+        .unwrap();
+    j.finish_step(smoke, Verdict::Timeout, "no answer in 5s", &[])
         .unwrap();
     assert!(matches!(
-        j.finish_step(build, "ok", "", &[]),
+        j.finish_step(build, Verdict::Ok, "", &[]),
         Err(StoreError::AlreadyFinished { .. })
     ));
     j.finish_deployment(id, DeploymentState::Failed, Some("staging: timeout"))
@@ -163,7 +170,7 @@ fn deployment_step_and_log_round_trip() {
     assert!(j.step_logs(smoke).unwrap().is_empty());
 
     // Foreign keys are enforced: no step for a deployment that isn't.
-    assert!(j.start_step(424242, None, "build", "x", 1).is_err());
+    assert!(j.start_step(424242, None, StepRole::Build, "x", 1).is_err());
 }
 
 #[test]
@@ -220,17 +227,17 @@ fn env_state_upsert_and_history() {
     let d = j.start_deployment("web", "2", "h", "{}").unwrap();
     assert!(j.env_state("web", "prod").unwrap().is_none());
 
-    j.set_current_release("web", "prod", Some("r1"), None, "activated")
+    j.set_current_release("web", "prod", Some("r1"), None, EnvChange::Activating)
         .unwrap();
     j.set_last_good_release("web", "prod", "r1").unwrap();
-    j.set_current_release("web", "prod", Some("r2"), Some(d), "activated")
+    j.set_current_release("web", "prod", Some("r2"), Some(d), EnvChange::Activating)
         .unwrap();
     let s = j.env_state("web", "prod").unwrap().unwrap();
     assert_eq!(s.current_release.as_deref(), Some("r2"));
     assert_eq!(s.last_good_release.as_deref(), Some("r1"));
-    j.set_current_release("web", "prod", Some("r1"), Some(d), "rolled-back")
+    j.set_current_release("web", "prod", Some("r1"), Some(d), EnvChange::RolledBack)
         .unwrap();
-    j.set_current_release("web", "staging", None, Some(d), "stopped")
+    j.set_current_release("web", "staging", None, Some(d), EnvChange::Stopped)
         .unwrap();
     // last_good alone creates the row too, with no current release.
     j.set_last_good_release("web", "dev", "r2").unwrap();
@@ -251,8 +258,8 @@ fn env_state_upsert_and_history() {
         events,
         [
             ("rolled-back", Some("r1"), Some(d)),
-            ("activated", Some("r2"), Some(d)),
-            ("activated", Some("r1"), None),
+            ("activating", Some("r2"), Some(d)),
+            ("activating", Some("r1"), None),
         ]
     );
     assert_eq!(j.history("web", "prod", 1).unwrap().len(), 1);
@@ -260,7 +267,7 @@ fn env_state_upsert_and_history() {
 
     // An environment can only point at a release the journal knows.
     assert!(
-        j.set_current_release("web", "prod", Some("ghost"), None, "activated")
+        j.set_current_release("web", "prod", Some("ghost"), None, EnvChange::Activating)
             .is_err()
     );
     // ... and the failed call changed nothing, history included.
@@ -324,9 +331,9 @@ fn reopening_after_writes_sees_everything() {
         j.record_release(&release("r1", "web", 1)).unwrap();
         j.set_deployment_release(id, "r1").unwrap();
         let step = j
-            .start_step(id, Some("prod"), "deploy", "command", 1)
+            .start_step(id, Some("prod"), StepRole::Deploy, "command", 1)
             .unwrap();
-        j.set_current_release("web", "prod", Some("r1"), Some(id), "activated")
+        j.set_current_release("web", "prod", Some("r1"), Some(id), EnvChange::Activating)
             .unwrap();
         j.pin("web", "h", "bad", id).unwrap();
         // Dropped without finishing: the agent "crashed" mid-deployment.
@@ -380,7 +387,7 @@ fn backup_from_a_reader_while_another_connection_writes_is_consistent() {
         writer.record_release(&release(id, "web", 1)).unwrap();
     }
     writer
-        .set_current_release("web", "prod", Some("r1"), None, "activated")
+        .set_current_release("web", "prod", Some("r1"), None, EnvChange::Activating)
         .unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writing = {
@@ -390,7 +397,7 @@ fn backup_from_a_reader_while_another_connection_writes_is_consistent() {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 let r = if n % 2 == 0 { "r2" } else { "r1" };
                 writer
-                    .set_current_release("web", "prod", Some(r), None, "activated")
+                    .set_current_release("web", "prod", Some(r), None, EnvChange::Activating)
                     .unwrap();
                 let d = writer.start_deployment("web", "1", "h", "{}").unwrap();
                 writer
