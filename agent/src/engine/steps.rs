@@ -254,14 +254,8 @@ pub(super) fn prepare(call: &StepCall<'_>) -> Result<PreparedStep, StepOutcome> 
         desired.plugins.get(&step.plugin),
         desired.config.plugins.get(&step.plugin),
     ) else {
-        return Err(StepOutcome {
-            result: Err(StepError::Setup(format!(
-                "plugin `{}` is not loaded",
-                step.plugin
-            ))),
-            logs: Vec::new(),
-            duration: Duration::ZERO,
-        });
+        let error = StepError::Setup(format!("plugin `{}` is not loaded", step.plugin));
+        return Err(StepOutcome::not_run(error, Duration::ZERO));
     };
     let mut grants = plugin_cfg.grants.clone();
     let (input, default_timeout) = match call.on {

@@ -123,13 +123,7 @@ impl Plugin {
         let _slot = self.slots.acquire().await;
         let mut sandbox = match Sandbox::new(&self.engine, &self.http, request) {
             Ok(s) => s,
-            Err(e) => {
-                return StepOutcome {
-                    result: Err(e),
-                    logs: Vec::new(),
-                    duration: started.elapsed(),
-                };
-            }
+            Err(e) => return StepOutcome::not_run(e, started.elapsed()),
         };
         crate::metrics::metrics()
             .plugin_instantiations

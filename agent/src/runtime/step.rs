@@ -131,3 +131,14 @@ pub struct StepOutcome {
     pub logs: Vec<LogLine>,
     pub duration: Duration,
 }
+
+impl StepOutcome {
+    /// A step that failed before the plugin ran: no logs.
+    pub fn not_run(error: StepError, duration: Duration) -> Self {
+        Self {
+            result: Err(error),
+            logs: Vec::new(),
+            duration,
+        }
+    }
+}

@@ -44,13 +44,7 @@ impl Plugin {
                 let pool_slot = self.slots.acquire().await;
                 let mut sandbox = match Sandbox::new(&self.engine, &self.http, request) {
                     Ok(s) => s,
-                    Err(e) => {
-                        return StepOutcome {
-                            result: Err(e),
-                            logs: Vec::new(),
-                            duration: started.elapsed(),
-                        };
-                    }
+                    Err(e) => return StepOutcome::not_run(e, started.elapsed()),
                 };
                 let pre = self.pre.clone();
                 let instance = sandbox
