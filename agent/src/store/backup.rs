@@ -2,7 +2,7 @@
 //! consistent copy of a live journal, opening a file read-only to check
 //! that it is a usable journal, its integrity check and its counts.
 
-use super::migrate::{BUSY_TIMEOUT, MIGRATIONS, open_error, user_version};
+use super::migrate::{BUSY_TIMEOUT, open_error, refuse_too_new, user_version};
 use super::{Journal, JournalSummary, StoreError, collect};
 use rusqlite::Connection;
 use std::path::Path;
@@ -81,14 +81,7 @@ impl Journal {
         let conn = Connection::open_with_flags(path, flags).map_err(opening)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
         let found = user_version(&conn).map_err(opening)?;
-        let known = MIGRATIONS.len() as i64;
-        if found > known {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                known,
-            });
-        }
+        refuse_too_new(path, found)?;
         if found < 1 {
             return Err(not_a_journal(
                 "it is a SQLite database without a Slipway schema (user_version 0)".into(),

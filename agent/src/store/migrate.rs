@@ -37,14 +37,7 @@ impl Journal {
         // that is not SQLite fails here, and a too-new one is refused before
         // `journal_mode=WAL` (which is persistent) could change it.
         let found = user_version(&conn).map_err(|e| open_error(path, e))?;
-        let known = MIGRATIONS.len() as i64;
-        if found > known {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                known,
-            });
-        }
+        refuse_too_new(path, found)?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(|e| open_error(path, e))?;
@@ -86,6 +79,20 @@ pub(super) fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
             source,
         },
     }
+}
+
+/// A journal whose schema is newer than this agent knows (written by a
+/// newer slipway) is refused untouched.
+pub(super) fn refuse_too_new(path: &Path, found: i64) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
