@@ -196,8 +196,10 @@ struct OwnRollback<'a> {
     failed: ReleaseRef,
     target: Option<ReleaseRef>,
     cause: Cause,
-    /// Whether the (version, config) rolled back from is the one the
-    /// config asks for, and so is pinned.
+    /// The spec the config asks for (`AppConfig::spec_hash`).
+    hash: String,
+    /// Whether the (version, config) rolled back from is that spec, and so
+    /// is pinned.
     pins: bool,
 }
 
@@ -210,7 +212,7 @@ impl OwnRollback<'_> {
         self.shared.journal.start_rollback(
             &app.name,
             &self.failed.version,
-            &app.spec_hash(),
+            &self.hash,
             &app.spec_json(),
             &self.failed.id,
             self.pins.then_some(reason.as_str()),
@@ -227,6 +229,7 @@ impl OwnRollback<'_> {
             failed,
             target,
             cause,
+            hash,
             pins,
         } = self;
         let app = &desired.app.name;
@@ -241,7 +244,6 @@ impl OwnRollback<'_> {
         let reason = reason(&cause, &outcome);
         let metrics = crate::metrics::metrics();
         metrics.deployment(app, &env.name, EnvOutcome::after_rollback(rolled_back));
-        let hash = desired.app.spec_hash();
         let journal = &shared.journal;
         let _ = if pins {
             journal.finish_deployment_pinned(id, state, &reason, &hash)
@@ -285,6 +287,7 @@ pub(super) async fn after_guard(shared: &Arc<Shared>, desired: &Desired, unhealt
         },
         env,
         failed,
+        hash: desired.app.spec_hash(),
         pins: true,
     };
     let id = match rollback.begin() {
@@ -324,6 +327,7 @@ pub(super) async fn for_operator(
         target,
         failed_spec,
     } = plan;
+    let hash = desired.app.spec_hash();
     let rollback = OwnRollback {
         shared,
         desired,
@@ -336,7 +340,8 @@ pub(super) async fn for_operator(
         failed,
         target: Some(target),
         // Pin what the config asks for only if that is what is rolled back.
-        pins: failed_spec.as_deref() == Some(desired.app.spec_hash().as_str()),
+        pins: failed_spec.as_deref() == Some(hash.as_str()),
+        hash,
     };
     let id = match rollback.begin() {
         Ok(id) => id,
