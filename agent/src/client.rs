@@ -5,9 +5,11 @@
 //! `SLIPWAY_API` / `SLIPWAY_TOKEN`, then the config's state dir (the agent
 //! writes `api-address` when it starts; `api-token` holds the token).
 
+use crate::api::view::ErrorBody;
 use crate::cli::CliError;
 use crate::config::Config;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -88,17 +90,26 @@ impl Client {
         Ok(Self { base, token, http })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+    /// `GET path`, read as one of the API's views (`api::view`).
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+    /// `POST path` with a JSON body, the answer read as a view.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, CliError> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, CliError> {
         let response = request
             .bearer_auth(&self.token)
             .send()
@@ -121,15 +132,18 @@ impl Client {
             .text()
             .await
             .map_err(|e| CliError::failed(format!("reading the agent's answer: {e}")))?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            return Ok(body);
+            return serde_json::from_str(&text).map_err(|e| {
+                CliError::failed(format!(
+                    "the agent at {} answered in a form this CLI does not read ({e}); is it another version of slipway? (`slipway --version`)",
+                    self.base
+                ))
+            });
         }
-        let message = body
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string());
+        let message = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.error,
+            Err(_) => text,
+        };
         Err(match status.as_u16() {
             // Bad input, or an app / environment / deployment that does
             // not exist: the command line is wrong.

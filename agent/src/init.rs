@@ -8,20 +8,26 @@
 use crate::cli::CliError;
 use std::path::{Path, PathBuf};
 
-/// What `slipway init` was asked for.
-#[derive(Debug, Clone)]
+/// What `slipway init` was asked for (its flags; the field docs are the
+/// `--help` text).
+#[derive(Debug, Clone, clap::Args)]
 pub struct InitOptions {
-    /// The app's name: `[apps.NAME]`, and the program `run` starts.
+    /// The app's name.
     pub app: String,
-    /// The app's source directory (relative to the current directory).
+    /// The app's source directory.
+    #[arg(long, default_value = ".")]
     pub path: PathBuf,
     /// Production's port; staging gets the next one.
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// The config file to write.
+    #[arg(short, long, default_value = "slipway.toml")]
     pub config: PathBuf,
-    /// `[agent] state_dir`; `.slipway` beside the config if not given.
+    /// The agent's state dir (default: `.slipway` beside the config).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Replace an existing config file.
+    /// Replace the config file if it exists.
+    #[arg(long)]
     pub force: bool,
 }
 

@@ -40,25 +40,7 @@ enum Command {
     },
     /// Write a commented starter config for one app (build, staging,
     /// production, smoke and health checks, automatic rollback).
-    Init {
-        /// The app's name.
-        app: String,
-        /// The app's source directory.
-        #[arg(long, default_value = ".")]
-        path: PathBuf,
-        /// Production's port; staging gets the next one.
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// The config file to write.
-        #[arg(short, long, default_value = "slipway.toml")]
-        config: PathBuf,
-        /// The agent's state dir (default: `.slipway` beside the config).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Replace the config file if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    Init(slipway::init::InitOptions),
     /// Copy the journal (history, releases, pins) to a file; safe while the
     /// agent runs.
     Backup {
@@ -106,9 +88,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// An app's deployments, newest first.
+    /// An app's deployments, newest first; with `--env`, what that
+    /// environment ran and why each change happened.
     History {
         app: String,
+        /// One environment's changes (activations, rollbacks, stops).
+        #[arg(long)]
+        env: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -206,104 +192,21 @@ enum PluginsCommand {
 enum PluginCommand {
     /// Write a plugin skeleton that builds and passes `plugins inspect`:
     /// source with describe() and a params schema, build.sh, README.
-    New {
-        /// The plugin's name (lowercase letters, digits, `-`, `_`).
-        name: String,
-        /// The step kind: build, deploy, smoke-test, health-check,
-        /// rollback or notify.
-        #[arg(long)]
-        kind: String,
-        /// rust, python or js.
-        #[arg(long)]
-        lang: String,
-        /// Where to write it (default: ./NAME); must not exist.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Rust only: the plugin-sdk directory of a Slipway checkout (the
-        /// SDK is not on crates.io). Default: the one this binary was built
-        /// from.
-        #[arg(long)]
-        sdk: Option<PathBuf>,
-    },
+    New(slipway::authoring::skeleton::NewOptions),
     /// Run one step of a plugin locally, through the agent's runtime, and
     /// print its logs and result. Exit 0 if it passed, 1 if not, 2 for a
     /// bad command line.
-    Test {
-        /// A `.wasm` component (or a builtin plugin's name).
-        plugin: String,
-        /// The step kind to run; may be left out if the plugin implements
-        /// only one.
-        #[arg(long)]
-        kind: Option<String>,
-        /// The step's params, as JSON (default `{}`); checked against the
-        /// plugin's schema.
-        #[arg(long)]
-        params: Option<String>,
-        /// A capability, as in a config's grants: http=HOST:PORT,
-        /// tcp=HOST:PORT, exec=PROGRAM, dir=PATH, dir-rw=PATH, env=VAR
-        /// (its value from here) or env=VAR=VALUE, secret=NAME (its value
-        /// from the environment variable NAME). Repeat for more.
-        #[arg(long = "grant", value_name = "KIND=VALUE")]
-        grants: Vec<String>,
-        /// Wall-time limit of the step (default 60s; build 10m).
-        #[arg(long)]
-        timeout: Option<String>,
-        /// The release directory (default: a scratch one, removed after).
-        #[arg(long)]
-        release: Option<PathBuf>,
-        /// The previous release's directory, as a rollback sees it.
-        #[arg(long)]
-        previous_release: Option<PathBuf>,
-        /// Keep compiled components in this directory (made private to
-        /// you), so runs after the first skip the compile.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Test(slipway::authoring::local_step::TestOptions),
 }
 
 /// `slipway plugin new|test`; a step that ran but did not pass prints its
 /// report and exits 1.
 async fn plugin_command(command: PluginCommand) -> Result<String, cli::CliError> {
     match command {
-        PluginCommand::New {
-            name,
-            kind,
-            lang,
-            dir,
-            sdk,
-        } => slipway::authoring::skeleton::new_plugin(&slipway::authoring::skeleton::NewOptions {
-            name,
-            kind,
-            lang,
-            dir,
-            sdk,
-        })
-        .map_err(Into::into),
-        PluginCommand::Test {
-            plugin,
-            kind,
-            params,
-            grants,
-            timeout,
-            release,
-            previous_release,
-            cache_dir,
-            json,
-        } => {
-            let opts = slipway::authoring::local_step::TestOptions {
-                plugin,
-                kind,
-                params,
-                grants,
-                timeout,
-                release,
-                previous_release,
-                cache_dir,
-                json,
-            };
+        PluginCommand::New(opts) => {
+            slipway::authoring::skeleton::new_plugin(&opts).map_err(Into::into)
+        }
+        PluginCommand::Test(opts) => {
             let run = slipway::authoring::local_step::run(&opts).await?;
             if run.passed {
                 return Ok(run.text);
@@ -403,22 +306,7 @@ fn main() {
                     valid.summary
                 })
                 .map_err(agent_error),
-            Command::Init {
-                app,
-                path,
-                port,
-                config,
-                state_dir,
-                force,
-            } => slipway::init::init(&slipway::init::InitOptions {
-                app,
-                path,
-                port,
-                config,
-                state_dir,
-                force,
-            })
-            .map_err(Into::into),
+            Command::Init(opts) => slipway::init::init(&opts).map_err(Into::into),
             Command::Backup { config, to, force } => {
                 slipway::backup::backup(&config, &to, force).map_err(Into::into)
             }
@@ -435,9 +323,12 @@ fn main() {
                     slipway::ops::status(&target, app.as_deref(), api.json).await
                 }
             }
-            Command::History { app, limit, api } => {
-                slipway::ops::history(&api.target(), &app, limit, api.json).await
-            }
+            Command::History {
+                app,
+                env,
+                limit,
+                api,
+            } => slipway::ops::history(&api.target(), &app, env.as_deref(), limit, api.json).await,
             Command::Show { deployment, api } => {
                 slipway::ops::show(&api.target(), &deployment, api.json).await
             }

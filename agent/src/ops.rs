@@ -6,19 +6,29 @@
 //! Exit codes: 0 ok; 1 the operation or the deployment followed failed, or
 //! the agent cannot be reached; 2 usage (bad arguments, unknown app...).
 
+use crate::api::view::{
+    AppList, AppView, ApproveRequest, Approved, DeploymentList, DeploymentLogs, DeploymentView,
+    EnvHistory, RollbackRequest, RollbackStarted, StepView,
+};
 use crate::cli::CliError;
 use crate::client::{Client, Target};
-use serde_json::{Value, json};
+use crate::store::{Deployment, StepRecord};
+use crate::vocab::DeploymentState;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+/// `-` for what is not there.
+fn or_dash(v: Option<&str>) -> &str {
+    v.unwrap_or("-")
 }
 
-fn json_out(v: &Value) -> String {
-    format!("{}\n", serde_json::to_string_pretty(v).expect("json"))
+fn json_out(v: &impl Serialize) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(v).expect("a view serializes")
+    )
 }
 
 pub use crate::datetime::fmt_time;
@@ -69,77 +79,21 @@ fn first_line(text: &str) -> &str {
 pub async fn status(target: &Target, app: Option<&str>, as_json: bool) -> Result<String, CliError> {
     let client = Client::new(target)?;
     let apps = match app {
-        Some(app) => json!({ "apps": [client.get(&format!("/v1/apps/{app}")).await?] }),
+        Some(app) => AppList {
+            apps: vec![client.get(&format!("/v1/apps/{}", urlencode(app))).await?],
+        },
         None => client.get("/v1/apps").await?,
     };
     if as_json {
         return Ok(json_out(&apps));
     }
-    let list = apps["apps"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if apps.apps.is_empty() {
         return Ok("no apps in the config\n".into());
     }
     let mut rows = Vec::new();
     let mut notes = String::new();
-    for a in &list {
-        let name = s(&a["name"]);
-        for e in a["environments"].as_array().into_iter().flatten() {
-            let health = match &e["health"] {
-                Value::Null => "-".to_string(),
-                h => format!("{} ({} ago)", s(&h["result"]), ago(h["at"].as_i64())),
-            };
-            let process = match &e["process"] {
-                Value::Null => "-".to_string(),
-                p => match p["pid"].as_u64() {
-                    Some(pid) if p["restarts"].as_u64().unwrap_or(0) > 0 => {
-                        format!("pid {pid}, {} restarts", p["restarts"])
-                    }
-                    Some(pid) => format!("pid {pid}"),
-                    None => format!(
-                        "restarting ({})",
-                        p["last_exit"].as_str().unwrap_or("exited")
-                    ),
-                },
-            };
-            rows.push(vec![
-                name.to_string(),
-                s(&e["name"]).to_string(),
-                s(&e["current_version"]).to_string(),
-                s(&e["current_release"]).to_string(),
-                s(&e["last_good_version"]).to_string(),
-                health,
-                process,
-            ]);
-            if let Value::Object(w) = &e["waiting_approval"] {
-                let _ = writeln!(
-                    notes,
-                    "{name}: deployment {} ({}) waits for approval to enter {}: slipway approve {name} --env {}",
-                    w["deployment"],
-                    s(&w["version"]),
-                    s(&e["name"]),
-                    s(&e["name"])
-                );
-            }
-        }
-        if let Value::Object(d) = &a["running_deployment"] {
-            let _ = writeln!(
-                notes,
-                "{name}: deployment {} of {} running for {} (slipway show {})",
-                d["id"],
-                s(&d["version"]),
-                ago(d["started_at"].as_i64()),
-                d["id"]
-            );
-        }
-        if let Value::Object(p) = &a["pinned"] {
-            let _ = writeln!(
-                notes,
-                "{name}: version {} is pinned as bad and will not be redeployed until the config changes (deployment {}): {}",
-                s(&a["version"]),
-                p["deployment_id"],
-                first_line(s(&p["reason"]))
-            );
-        }
+    for a in &apps.apps {
+        status_rows(a, &mut rows, &mut notes);
     }
     let mut out = table(
         &[
@@ -160,6 +114,66 @@ pub async fn status(target: &Target, app: Option<&str>, as_json: bool) -> Result
     Ok(out)
 }
 
+/// One app's rows of the status table, and its notes (waiting, running,
+/// pinned) below it.
+fn status_rows(a: &AppView, rows: &mut Vec<Vec<String>>, notes: &mut String) {
+    let name = &a.name;
+    for e in &a.environments {
+        let health = match &e.health {
+            None => "-".to_string(),
+            Some(h) => format!("{} ({} ago)", h.result, ago(Some(h.at))),
+        };
+        let process = match &e.process {
+            None => "-".to_string(),
+            Some(p) => match p.pid {
+                Some(pid) if p.restarts > 0 => format!("pid {pid}, {} restarts", p.restarts),
+                Some(pid) => format!("pid {pid}"),
+                None => format!(
+                    "restarting ({})",
+                    p.last_exit.as_deref().unwrap_or("exited")
+                ),
+            },
+        };
+        rows.push(vec![
+            name.clone(),
+            e.name.clone(),
+            or_dash(e.current_version.as_deref()).to_string(),
+            or_dash(e.current_release.as_deref()).to_string(),
+            or_dash(e.last_good_version.as_deref()).to_string(),
+            health,
+            process,
+        ]);
+        if let Some(w) = &e.waiting_approval {
+            let _ = writeln!(
+                notes,
+                "{name}: deployment {} ({}) waits for approval to enter {env}: slipway approve {name} --env {env}",
+                w.deployment,
+                w.version,
+                env = e.name,
+            );
+        }
+    }
+    if let Some(d) = &a.running_deployment {
+        let _ = writeln!(
+            notes,
+            "{name}: deployment {} of {} running for {} (slipway show {})",
+            d.id,
+            d.version,
+            ago(Some(d.started_at)),
+            d.id
+        );
+    }
+    if let Some(p) = &a.pinned {
+        let _ = writeln!(
+            notes,
+            "{name}: version {} is pinned as bad and will not be redeployed until the config changes (deployment {}): {}",
+            or_dash(a.version.as_deref()),
+            p.deployment_id,
+            first_line(&p.reason)
+        );
+    }
+}
+
 fn ago(at: Option<i64>) -> String {
     match at {
         Some(at) => fmt_duration((crate::store::now_ms() - at).max(0)),
@@ -167,15 +181,28 @@ fn ago(at: Option<i64>) -> String {
     }
 }
 
-/// `slipway history APP`.
+/// How long a deployment took, or has run so far.
+fn took(d: &Deployment) -> String {
+    match d.ended_at {
+        Some(end) => fmt_duration(end - d.started_at),
+        None => format!("{} so far", ago(Some(d.started_at))),
+    }
+}
+
+/// `slipway history APP`: its deployments; with `--env`, what that
+/// environment ran and why it changed.
 pub async fn history(
     target: &Target,
     app: &str,
+    env: Option<&str>,
     limit: usize,
     as_json: bool,
 ) -> Result<String, CliError> {
     let client = Client::new(target)?;
-    let list = client
+    if let Some(env) = env {
+        return env_history(&client, app, env, limit, as_json).await;
+    }
+    let list: DeploymentList = client
         .get(&format!(
             "/v1/deployments?app={}&limit={limit}",
             urlencode(app)
@@ -184,23 +211,17 @@ pub async fn history(
     if as_json {
         return Ok(json_out(&list));
     }
-    let rows: Vec<Vec<String>> = list["deployments"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = list
+        .deployments
+        .iter()
         .map(|d| {
-            let took = match (d["started_at"].as_i64(), d["ended_at"].as_i64()) {
-                (Some(a), Some(b)) => fmt_duration(b - a),
-                (Some(a), None) => format!("{} so far", ago(Some(a))),
-                _ => "-".into(),
-            };
             vec![
-                d["id"].to_string(),
-                s(&d["version"]).to_string(),
-                s(&d["state"]).to_string(),
-                d["started_at"].as_i64().map(fmt_time).unwrap_or_default(),
-                took,
-                first_line(d["reason"].as_str().unwrap_or("")).to_string(),
+                d.id.to_string(),
+                d.version.clone(),
+                d.state.to_string(),
+                fmt_time(d.started_at),
+                took(d),
+                first_line(d.reason.as_deref().unwrap_or("")).to_string(),
             ]
         })
         .collect();
@@ -209,6 +230,49 @@ pub async fn history(
     }
     Ok(table(
         &["ID", "VERSION", "STATE", "STARTED (UTC)", "TOOK", "REASON"],
+        &rows,
+    ))
+}
+
+/// `slipway history APP --env ENV`.
+async fn env_history(
+    client: &Client,
+    app: &str,
+    env: &str,
+    limit: usize,
+    as_json: bool,
+) -> Result<String, CliError> {
+    let history: EnvHistory = client
+        .get(&format!(
+            "/v1/apps/{}/environments/{}/history?limit={limit}",
+            urlencode(app),
+            urlencode(env)
+        ))
+        .await?;
+    if as_json {
+        return Ok(json_out(&history));
+    }
+    if history.events.is_empty() {
+        return Ok(format!("{app} has not run anything in {env} yet\n"));
+    }
+    let rows: Vec<Vec<String>> = history
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                fmt_time(e.event.at),
+                e.event.event.clone(),
+                or_dash(e.version.as_deref()).to_string(),
+                or_dash(e.event.release_id.as_deref()).to_string(),
+                e.event
+                    .deployment_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["AT (UTC)", "CHANGE", "VERSION", "RELEASE", "DEPLOYMENT"],
         &rows,
     ))
 }
@@ -239,63 +303,71 @@ fn deployment_path(id: &str) -> Result<String, CliError> {
 /// `slipway show DEPLOYMENT`: what ran, how it ended, and why.
 pub async fn show(target: &Target, id: &str, as_json: bool) -> Result<String, CliError> {
     let client = Client::new(target)?;
-    let view = client.get(&deployment_path(id)?).await?;
+    let view: DeploymentView = client.get(&deployment_path(id)?).await?;
     if as_json {
         return Ok(json_out(&view));
     }
     Ok(render_deployment(&view))
 }
 
-fn render_deployment(view: &Value) -> String {
-    let d = &view["deployment"];
+/// `build` for the build's steps, else the environment.
+fn step_env(st: &StepRecord, build: &'static str) -> String {
+    st.environment.clone().unwrap_or_else(|| build.into())
+}
+
+fn step_outcome(st: &StepRecord) -> &str {
+    st.outcome.as_deref().unwrap_or("running")
+}
+
+fn render_deployment(view: &DeploymentView) -> String {
+    let d = &view.deployment;
     let mut out = String::new();
-    let took = match (d["started_at"].as_i64(), d["ended_at"].as_i64()) {
-        (Some(a), Some(b)) => fmt_duration(b - a),
-        _ => "running".into(),
+    let took = match d.ended_at {
+        Some(end) => fmt_duration(end - d.started_at),
+        None => "running".into(),
     };
     let _ = writeln!(
         out,
-        "deployment {}: {} {} — {} ({}), started {} UTC",
-        d["id"],
-        s(&d["app"]),
-        s(&d["version"]),
-        s(&d["state"]),
-        took,
-        d["started_at"].as_i64().map(fmt_time).unwrap_or_default()
+        "deployment {}: {} {} — {} ({took}), started {} UTC",
+        d.id,
+        d.app,
+        d.version,
+        d.state,
+        fmt_time(d.started_at)
     );
-    if let Some(release) = d["release_id"].as_str() {
+    if let Some(release) = &d.release_id {
         let _ = writeln!(out, "release: {release}");
     }
-    if let Value::Object(w) = &view["waiting_approval"] {
+    if let Some(w) = &view.waiting_approval {
         let _ = writeln!(
             out,
-            "waiting for approval to enter {}: slipway approve {} --env {}",
-            s(&w["environment"]),
-            s(&d["app"]),
-            s(&w["environment"])
+            "waiting for approval to enter {env}: slipway approve {} --env {env}",
+            d.app,
+            env = w.environment,
         );
     }
-    if let Some(reason) = d["reason"].as_str() {
+    if let Some(reason) = &d.reason {
         let _ = writeln!(out, "reason:\n{}", indent(reason));
     }
-    let rows: Vec<Vec<String>> = view["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|st| {
-            vec![
-                st["environment"].as_str().unwrap_or("(build)").to_string(),
-                s(&st["kind"]).to_string(),
-                s(&st["plugin"]).to_string(),
-                st["attempt"].to_string(),
-                st["outcome"].as_str().unwrap_or("running").to_string(),
-                st["duration_ms"]
-                    .as_i64()
-                    .map(fmt_duration)
-                    .unwrap_or_else(|| "-".into()),
-                first_line(st["message"].as_str().unwrap_or("")).to_string(),
-            ]
-        })
+    let rows: Vec<Vec<String>> = view
+        .steps
+        .iter()
+        .map(
+            |StepView {
+                 step: st,
+                 duration_ms,
+             }| {
+                vec![
+                    step_env(st, "(build)"),
+                    st.kind.clone(),
+                    st.plugin.clone(),
+                    st.attempt.to_string(),
+                    step_outcome(st).to_string(),
+                    duration_ms.map(fmt_duration).unwrap_or_else(|| "-".into()),
+                    first_line(st.message.as_deref().unwrap_or("")).to_string(),
+                ]
+            },
+        )
         .collect();
     if !rows.is_empty() {
         out.push('\n');
@@ -314,48 +386,37 @@ fn indent(text: &str) -> String {
 /// `slipway logs DEPLOYMENT`: every step's plugin logs, in order.
 pub async fn logs(target: &Target, id: &str, as_json: bool) -> Result<String, CliError> {
     let client = Client::new(target)?;
-    let view = client
+    let view: DeploymentLogs = client
         .get(&format!("{}/logs", deployment_path(id)?))
         .await?;
     if as_json {
         return Ok(json_out(&view));
     }
     let mut out = String::new();
-    for entry in view["steps"].as_array().into_iter().flatten() {
-        let st = &entry["step"];
+    for entry in &view.steps {
+        let st = &entry.step;
         let _ = writeln!(
             out,
             "== {} {} ({}, try {}): {}",
-            st["environment"].as_str().unwrap_or("(build)"),
-            s(&st["kind"]),
-            s(&st["plugin"]),
-            st["attempt"],
-            st["outcome"].as_str().unwrap_or("running")
+            step_env(st, "(build)"),
+            st.kind,
+            st.plugin,
+            st.attempt,
+            step_outcome(st)
         );
-        for l in entry["logs"].as_array().into_iter().flatten() {
-            let time = l["at"].as_i64().map(fmt_time).unwrap_or_default();
-            let fields: String = l["fields"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|kv| {
-                    Some(format!(
-                        " {}={}",
-                        kv.get(0)?.as_str()?,
-                        kv.get(1)?.as_str()?
-                    ))
-                })
-                .collect();
+        for l in &entry.logs {
+            let time = fmt_time(l.at);
+            let fields: String = l.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
             let _ = writeln!(
                 out,
                 "{} {:<5} {:<6} {}{fields}",
                 time.get(11..).unwrap_or(&time),
-                s(&l["level"]),
-                s(&l["source"]),
-                s(&l["message"])
+                l.level,
+                l.source,
+                l.message
             );
         }
-        if let Some(message) = st["message"].as_str().filter(|m| !m.is_empty()) {
+        if let Some(message) = st.message.as_deref().filter(|m| !m.is_empty()) {
             let _ = writeln!(out, "-> {}", first_line(message));
         }
     }
@@ -376,11 +437,10 @@ pub async fn rollback(
     as_json: bool,
 ) -> Result<String, CliError> {
     let client = Client::new(target)?;
-    let body = match to {
-        Some(v) => json!({ "to": v }),
-        None => json!({}),
+    let body = RollbackRequest {
+        to: to.map(str::to_string),
     };
-    let started = client
+    let started: RollbackStarted = client
         .post(
             &format!(
                 "/v1/apps/{}/environments/{}/rollback",
@@ -390,7 +450,7 @@ pub async fn rollback(
             &body,
         )
         .await?;
-    let id = started["deployment"].as_i64().unwrap_or_default();
+    let id = started.deployment;
     if !wait {
         return Ok(if as_json {
             json_out(&started)
@@ -398,17 +458,15 @@ pub async fn rollback(
             format!("rollback of {app} in {env} started: deployment {id} (slipway show {id})\n")
         });
     }
-    let end = follow(&client, &[id], !as_json).await?;
-    let state = end[0]["deployment"]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let mut end = follow(&client, &[id], !as_json).await?;
+    let end = end.remove(0);
+    let state = end.deployment.state;
     let text = if as_json {
-        json_out(&end[0])
+        json_out(&end)
     } else {
-        render_deployment(&end[0])
+        render_deployment(&end)
     };
-    if state == "rolled-back" {
+    if state == DeploymentState::RolledBack {
         Ok(text)
     } else {
         Err(CliError::failed(format!(
@@ -425,14 +483,14 @@ pub async fn approve(
     as_json: bool,
 ) -> Result<String, CliError> {
     let client = Client::new(target)?;
-    let answer = client
+    let answer: Approved = client
         .post(
             &format!(
                 "/v1/apps/{}/environments/{}/approve",
                 urlencode(app),
                 urlencode(env)
             ),
-            &json!({}),
+            &ApproveRequest {},
         )
         .await?;
     Ok(if as_json {
@@ -440,8 +498,7 @@ pub async fn approve(
     } else {
         format!(
             "approved: deployment {} ({app} {}) goes on into {env} (slipway status --watch {app})\n",
-            answer["deployment"],
-            s(&answer["version"])
+            answer.deployment, answer.version
         )
     })
 }
@@ -452,26 +509,21 @@ pub async fn watch(target: &Target, app: Option<&str>, as_json: bool) -> Result<
     let client = Client::new(target)?;
     let mut said_waiting = false;
     let ids = loop {
-        let apps = client.get("/v1/apps").await?;
-        let ids: Vec<i64> = apps["apps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| app.is_none_or(|name| a["name"] == name))
-            .filter_map(|a| a["running_deployment"]["id"].as_i64())
-            .collect();
+        let apps: AppList = client.get("/v1/apps").await?;
         if let Some(name) = app
-            && !apps["apps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a["name"] == name)
+            && !apps.apps.iter().any(|a| a.name == name)
         {
             return Err(CliError {
                 message: format!("no app `{name}`"),
                 code: 2,
             });
         }
+        let ids: Vec<i64> = apps
+            .apps
+            .iter()
+            .filter(|a| app.is_none_or(|name| a.name == name))
+            .filter_map(|a| a.running_deployment.as_ref().map(|d| d.id))
+            .collect();
         if !ids.is_empty() {
             break ids;
         }
@@ -486,20 +538,12 @@ pub async fn watch(target: &Target, app: Option<&str>, as_json: bool) -> Result<
     let ends = follow(&client, &ids, !as_json).await?;
     let failed: Vec<String> = ends
         .iter()
-        .map(|v| &v["deployment"])
-        .filter(|d| d["state"] != "succeeded")
-        .map(|d| {
-            format!(
-                "deployment {} ({} {}): {}",
-                d["id"],
-                s(&d["app"]),
-                s(&d["version"]),
-                s(&d["state"])
-            )
-        })
+        .map(|v| &v.deployment)
+        .filter(|d| d.state != DeploymentState::Succeeded)
+        .map(|d| format!("deployment {} ({} {}): {}", d.id, d.app, d.version, d.state))
         .collect();
     let text = if as_json {
-        json_out(&json!(ends))
+        json_out(&ends)
     } else {
         ends.iter()
             .map(render_deployment)
@@ -516,16 +560,22 @@ pub async fn watch(target: &Target, app: Option<&str>, as_json: bool) -> Result<
 /// Poll deployments until they end, showing progress on stderr: a redrawn
 /// line per deployment on a terminal, a plain line per step change when
 /// piped. Returns each deployment's final view.
-async fn follow(client: &Client, ids: &[i64], progress: bool) -> Result<Vec<Value>, CliError> {
+async fn follow(
+    client: &Client,
+    ids: &[i64],
+    progress: bool,
+) -> Result<Vec<DeploymentView>, CliError> {
     let tty = std::io::stderr().is_terminal();
     let mut seen: Vec<std::collections::HashMap<i64, String>> = vec![Default::default(); ids.len()];
     let mut drawn = 0usize;
     loop {
-        let mut views = Vec::new();
+        let mut views: Vec<DeploymentView> = Vec::new();
         for id in ids {
             views.push(client.get(&format!("/v1/deployments/{id}")).await?);
         }
-        let done = views.iter().all(|v| v["deployment"]["state"] != "running");
+        let done = views
+            .iter()
+            .all(|v| v.deployment.state != DeploymentState::Running);
         if progress {
             let mut err = std::io::stderr().lock();
             if tty {
@@ -540,27 +590,29 @@ async fn follow(client: &Client, ids: &[i64], progress: bool) -> Result<Vec<Valu
                 }
             } else {
                 for (i, v) in views.iter().enumerate() {
-                    for st in v["steps"].as_array().into_iter().flatten() {
-                        let key = st["id"].as_i64().unwrap_or_default();
-                        let now = st["outcome"].as_str().unwrap_or("running").to_string();
-                        if seen[i].get(&key) != Some(&now) {
+                    for StepView {
+                        step: st,
+                        duration_ms,
+                    } in &v.steps
+                    {
+                        let now = step_outcome(st).to_string();
+                        if seen[i].get(&st.id) != Some(&now) {
                             let _ = writeln!(
                                 err,
                                 "deployment {}: {}{} ({}) {}{}",
-                                v["deployment"]["id"],
-                                st["environment"]
-                                    .as_str()
+                                v.deployment.id,
+                                st.environment
+                                    .as_deref()
                                     .map(|e| format!("{e} "))
                                     .unwrap_or_default(),
-                                s(&st["kind"]),
-                                s(&st["plugin"]),
+                                st.kind,
+                                st.plugin,
                                 now,
-                                st["duration_ms"]
-                                    .as_i64()
+                                duration_ms
                                     .map(|ms| format!(" in {}", fmt_duration(ms)))
                                     .unwrap_or_default()
                             );
-                            seen[i].insert(key, now);
+                            seen[i].insert(st.id, now);
                         }
                     }
                 }
@@ -573,36 +625,32 @@ async fn follow(client: &Client, ids: &[i64], progress: bool) -> Result<Vec<Valu
     }
 }
 
-fn progress_line(v: &Value) -> String {
-    let d = &v["deployment"];
-    let elapsed = match (d["started_at"].as_i64(), d["ended_at"].as_i64()) {
-        (Some(a), Some(b)) => fmt_duration(b - a),
-        (Some(a), None) => ago(Some(a)),
-        _ => "-".into(),
+fn progress_line(v: &DeploymentView) -> String {
+    let d = &v.deployment;
+    let elapsed = match d.ended_at {
+        Some(end) => fmt_duration(end - d.started_at),
+        None => ago(Some(d.started_at)),
     };
-    let step = v["steps"]
-        .as_array()
-        .and_then(|steps| steps.last())
-        .map(|st| {
+    let step = v
+        .steps
+        .last()
+        .map(|StepView { step: st, .. }| {
             format!(
                 "{} {} ({}) {}",
-                st["environment"].as_str().unwrap_or("build"),
-                s(&st["kind"]),
-                s(&st["plugin"]),
-                st["outcome"].as_str().unwrap_or("running…")
+                step_env(st, "build"),
+                st.kind,
+                st.plugin,
+                st.outcome.as_deref().unwrap_or("running…")
             )
         })
         .unwrap_or_else(|| "starting".into());
-    let waiting = match &v["waiting_approval"] {
-        Value::Object(w) => format!(" — waiting for approval into {}", s(&w["environment"])),
-        _ => String::new(),
+    let waiting = match &v.waiting_approval {
+        Some(w) => format!(" — waiting for approval into {}", w.environment),
+        None => String::new(),
     };
     format!(
         "deployment {} {} {}: {} [{elapsed}] {step}{waiting}",
-        d["id"],
-        s(&d["app"]),
-        s(&d["version"]),
-        s(&d["state"])
+        d.id, d.app, d.version, d.state
     )
 }
 

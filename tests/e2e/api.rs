@@ -364,6 +364,46 @@ fn api_and_cli_show_what_runs_and_roll_back_with_a_token() {
     assert_eq!(json(&out)["deployment"]["state"], "rolled-back");
     assert!(serves(q.production, "1.1.0"));
 
+    // The environment's own history: each switch, newest first.
+    let (status, history) = api.get("/v1/apps/hello/environments/production/history");
+    assert_eq!(status, 200, "{history}");
+    let changes: Vec<(&str, &str)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("rolled-back", "1.1.0"),
+            ("rolled-back", "1.0.0"),
+            ("activating", "1.1.0"),
+            ("activating", "1.0.0"),
+        ],
+        "{history}"
+    );
+    let (status, one) = api.get("/v1/apps/hello/environments/production/history?limit=1");
+    assert_eq!(status, 200);
+    assert_eq!(one["events"].as_array().unwrap().len(), 1, "{one}");
+    assert_error(api.get("/v1/apps/hello/environments/qa/history"), 404, "qa");
+    assert_error(
+        api.get("/v1/apps/hello/environments/production/history?limit=0"),
+        400,
+        "limit",
+    );
+    let (code, out, err) = cli(&q, &["history", "hello", "--env", "production"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("AT (UTC)"), "{out}");
+    assert!(
+        rows[1].contains("rolled-back") && rows[1].contains("1.1.0"),
+        "{out}"
+    );
+    assert_eq!(rows.len(), 5, "{out}");
+    let (code, _, err) = cli(&q, &["history", "hello", "--env", "qa"]);
+    assert_eq!(code, 2, "an unknown environment is a usage error: {err}");
+
     // SIGTERM: exit 0, apps stopped; then the CLI says the agent is down.
     let mut agent = agent;
     unsafe { libc_kill(agent.child.id() as i32, 15) };

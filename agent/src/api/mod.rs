@@ -10,6 +10,7 @@
 
 mod routes;
 mod token;
+pub mod view;
 
 pub use token::{ensure_token, read_token};
 
@@ -59,7 +60,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message });
+        let body = view::ErrorBody {
+            error: self.message,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

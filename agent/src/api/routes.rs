@@ -5,6 +5,7 @@
 use super::{ApiError, ApiState};
 use crate::config::Config;
 use crate::store::{Deployment, EnvState};
+use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -14,11 +15,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::sync::Arc;
 
+use super::view::{
+    AppList, AppView, ApproveRequest, Approved, DeploymentList, DeploymentLogs, DeploymentView,
+    EnvEventView, EnvHistory, EnvView, Health, Ready, RollbackRequest, RollbackStarted, StepLogs,
+    WaitingApproval,
+};
+
 type S = State<Arc<ApiState>>;
-type Json = axum::Json<Value>;
 
 pub(super) fn router(state: Arc<ApiState>) -> Router {
     let authed = Router::new()
@@ -29,6 +34,10 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/deployments", get(deployments))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/logs", get(deployment_logs))
+        .route(
+            "/v1/apps/{app}/environments/{env}/history",
+            get(env_history),
+        )
         .route("/v1/apps/{app}/environments/{env}/rollback", post(rollback))
         .route("/v1/apps/{app}/environments/{env}/approve", post(approve))
         .fallback(not_found)
@@ -82,28 +91,30 @@ async fn not_found(request: Request) -> ApiError {
     ))
 }
 
-async fn healthz() -> Json {
-    axum::Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 async fn readyz(State(state): S) -> Response {
     let config = state.engine.config();
     let journal = state.engine.journal().deployments(None, 1);
     let ready = config.is_some() && journal.is_ok();
-    let body = json!({
-        "ready": ready,
-        "config": config.map(|c| c.file.display().to_string()),
-        "journal": match &journal {
+    let body = Ready {
+        ready,
+        config: config.map(|c| c.file.display().to_string()),
+        journal: match &journal {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
         },
-    });
+    };
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body)).into_response()
+    (status, Json(body)).into_response()
 }
 
 async fn metrics() -> Response {
@@ -125,7 +136,7 @@ fn config(state: &ApiState) -> Result<Arc<Config>, ApiError> {
 }
 
 /// One app as status shows it: per environment, what runs and how it is.
-fn app_view(state: &ApiState, config: &Config, name: &str) -> Result<Value, ApiError> {
+fn app_view(state: &ApiState, config: &Config, name: &str) -> Result<AppView, ApiError> {
     let journal = state.engine.journal();
     let env_states: Vec<EnvState> = journal
         .env_states()?
@@ -145,24 +156,24 @@ fn app_view(state: &ApiState, config: &Config, name: &str) -> Result<Value, ApiE
             env_names.push(s.environment.clone());
         }
     }
-    let environments: Vec<Value> = env_names
+    let environments = env_names
         .iter()
         .map(|env| {
             let s = env_states.iter().find(|s| &s.environment == env);
-            let current = s.and_then(|s| s.current_release.clone());
-            let last_good = s.and_then(|s| s.last_good_release.clone());
-            json!({
-                "name": env,
-                "current_release": current,
-                "current_version": version_of(&current),
-                "last_good_release": last_good,
-                "last_good_version": version_of(&last_good),
-                "updated_at": s.map(|s| s.updated_at),
-                "health": state.engine.health(name, env),
-                "process": state.engine.process(name, env),
-                "waiting_approval": state.engine.pending_approval(name, env),
-                "in_config": configured.is_some_and(|a| a.environment(env).is_some()),
-            })
+            let current_release = s.and_then(|s| s.current_release.clone());
+            let last_good_release = s.and_then(|s| s.last_good_release.clone());
+            EnvView {
+                name: env.clone(),
+                current_version: version_of(&current_release),
+                current_release,
+                last_good_version: version_of(&last_good_release),
+                last_good_release,
+                updated_at: s.map(|s| s.updated_at),
+                health: state.engine.health(name, env),
+                process: state.engine.process(name, env),
+                waiting_approval: state.engine.pending_approval(name, env),
+                in_config: configured.is_some_and(|a| a.environment(env).is_some()),
+            }
         })
         .collect();
     let running: Vec<Deployment> = journal
@@ -174,14 +185,15 @@ fn app_view(state: &ApiState, config: &Config, name: &str) -> Result<Value, ApiE
         Some(a) => journal.pin_for(name, &a.spec_hash())?,
         None => None,
     };
-    Ok(json!({
-        "name": name,
-        "version": configured.map(|a| a.version.to_string()),
-        "in_config": configured.is_some(),
-        "running_deployment": running.first(),
-        "pinned": pin,
-        "environments": environments,
-    }))
+    Ok(AppView {
+        name: name.to_string(),
+        version: configured.map(|a| a.version.to_string()),
+        in_config: configured.is_some(),
+        running_deployment: running.into_iter().next(),
+        pinned: pin,
+        environments,
+        recent_deployments: None,
+    })
 }
 
 /// Apps in the config, then apps only the journal still knows.
@@ -195,25 +207,80 @@ fn app_names(state: &ApiState, config: &Config) -> Result<Vec<String>, ApiError>
     Ok(names)
 }
 
-async fn apps(State(state): S) -> Result<Json, ApiError> {
+async fn apps(State(state): S) -> Result<Json<AppList>, ApiError> {
     let config = config(&state)?;
     let apps = app_names(&state, &config)?
         .iter()
         .map(|name| app_view(&state, &config, name))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(json!({ "apps": apps })))
+    Ok(Json(AppList { apps }))
 }
 
-async fn app(State(state): S, path: Result<Path<String>, PathRejection>) -> Result<Json, ApiError> {
+/// The app named in the path, if the config or the journal knows it.
+fn known_app(state: &ApiState, config: &Config, name: &str) -> Result<(), ApiError> {
+    if app_names(state, config)?.iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no app `{name}`")))
+    }
+}
+
+async fn app(
+    State(state): S,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<AppView>, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let config = config(&state)?;
-    if !app_names(&state, &config)?.contains(&name) {
-        return Err(ApiError::not_found(format!("no app `{name}`")));
-    }
+    known_app(&state, &config, &name)?;
     let mut view = app_view(&state, &config, &name)?;
-    let recent = state.engine.journal().deployments(Some(&name), 10)?;
-    view["recent_deployments"] = json!(recent);
-    Ok(axum::Json(view))
+    view.recent_deployments = Some(state.engine.journal().deployments(Some(&name), 10)?);
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+/// An environment's changes: activations, rollbacks, stops, newest first.
+async fn env_history(
+    State(state): S,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<EnvHistory>, ApiError> {
+    let Path((app, env)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = checked_limit(q.limit)?;
+    let config = config(&state)?;
+    known_app(&state, &config, &app)?;
+    let journal = state.engine.journal();
+    let in_config = config
+        .apps
+        .get(&app)
+        .is_some_and(|a| a.environment(&env).is_some());
+    let events = journal.history(&app, &env, limit)?;
+    if !in_config && events.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "app `{app}` has no environment `{env}`"
+        )));
+    }
+    let events = events
+        .into_iter()
+        .map(|event| {
+            let version = event
+                .release_id
+                .as_deref()
+                .and_then(|id| journal.release(id).ok().flatten())
+                .map(|r| r.version);
+            EnvEventView { event, version }
+        })
+        .collect();
+    Ok(Json(EnvHistory {
+        app,
+        environment: env,
+        events,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -225,17 +292,23 @@ struct DeploymentsQuery {
 
 const MAX_LIMIT: usize = 1000;
 
-async fn deployments(
-    State(state): S,
-    query: Result<Query<DeploymentsQuery>, QueryRejection>,
-) -> Result<Json, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
+/// `limit`, 20 if not given.
+fn checked_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(20);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "`limit` must be between 1 and {MAX_LIMIT}, not {limit}"
         )));
     }
+    Ok(limit)
+}
+
+async fn deployments(
+    State(state): S,
+    query: Result<Query<DeploymentsQuery>, QueryRejection>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = checked_limit(q.limit)?;
     if let Some(app) = &q.app {
         let config = config(&state)?;
         let known = app_names(&state, &config)?.contains(app)
@@ -244,11 +317,11 @@ async fn deployments(
             return Err(ApiError::not_found(format!("no app `{app}`")));
         }
     }
-    let list = state
+    let deployments = state
         .engine
         .journal()
         .deployments(q.app.as_deref(), limit)?;
-    Ok(axum::Json(json!({ "deployments": list })))
+    Ok(Json(DeploymentList { deployments }))
 }
 
 fn deployment_id(path: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
@@ -271,64 +344,51 @@ fn find_deployment(state: &ApiState, id: i64) -> Result<Deployment, ApiError> {
 async fn deployment(
     State(state): S,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json, ApiError> {
+) -> Result<Json<DeploymentView>, ApiError> {
     let id = deployment_id(path)?;
     let deployment = find_deployment(&state, id)?;
-    let steps: Vec<Value> = state
+    let steps = state
         .engine
         .journal()
         .steps(id)?
         .into_iter()
-        .map(|s| {
-            let duration_ms = s.ended_at.map(|end| end - s.started_at);
-            let mut v = json!(s);
-            v["duration_ms"] = json!(duration_ms);
-            v
-        })
+        .map(Into::into)
         .collect();
-    let waiting: Vec<Value> = config(&state)?
-        .apps
-        .get(&deployment.app)
-        .map(|a| {
-            a.environments
-                .iter()
-                .filter_map(|e| {
-                    let p = state.engine.pending_approval(&a.name, &e.name)?;
-                    (p.deployment == id).then(|| json!({ "environment": e.name, "approval": p }))
-                })
-                .collect()
+    let waiting_approval = config(&state)?.apps.get(&deployment.app).and_then(|a| {
+        a.environments.iter().find_map(|e| {
+            let approval = state.engine.pending_approval(&a.name, &e.name)?;
+            (approval.deployment == id).then(|| WaitingApproval {
+                environment: e.name.clone(),
+                approval,
+            })
         })
-        .unwrap_or_default();
-    Ok(axum::Json(json!({
-        "deployment": deployment,
-        "steps": steps,
-        "waiting_approval": waiting.first(),
-    })))
+    });
+    Ok(Json(DeploymentView {
+        deployment,
+        steps,
+        waiting_approval,
+    }))
 }
 
 async fn deployment_logs(
     State(state): S,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json, ApiError> {
+) -> Result<Json<DeploymentLogs>, ApiError> {
     let id = deployment_id(path)?;
     find_deployment(&state, id)?;
     let journal = state.engine.journal();
     let steps = journal
         .steps(id)?
         .into_iter()
-        .map(|s| {
-            let logs = journal.step_logs(s.id)?;
-            Ok(json!({ "step": s, "logs": logs }))
+        .map(|step| {
+            let logs = journal.step_logs(step.id)?;
+            Ok(StepLogs { step, logs })
         })
-        .collect::<Result<Vec<Value>, crate::store::StoreError>>()?;
-    Ok(axum::Json(json!({ "deployment": id, "steps": steps })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    /// The version to go back to; default: the environment's last good one.
-    to: Option<String>,
+        .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
+    Ok(Json(DeploymentLogs {
+        deployment: id,
+        steps,
+    }))
 }
 
 /// An empty body is `{}`; anything else must be a JSON object.
@@ -345,7 +405,7 @@ async fn rollback(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Path((app, env)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let body: RollbackBody = parse_body(&body)?;
+    let body: RollbackRequest = parse_body(&body)?;
     if let Some(to) = &body.to
         && semver::Version::parse(to).is_err()
     {
@@ -353,30 +413,27 @@ async fn rollback(
             "`to` must be a version like 1.2.0, not `{to}`"
         )));
     }
-    let id = state.engine.rollback(&app, &env, body.to).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "deployment": id, "app": app, "environment": env })),
-    )
-        .into_response())
+    let deployment = state.engine.rollback(&app, &env, body.to).await?;
+    let started = RollbackStarted {
+        deployment,
+        app,
+        environment: env,
+    };
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ApproveBody {}
 
 async fn approve(
     State(state): S,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Bytes,
-) -> Result<Json, ApiError> {
+) -> Result<Json<Approved>, ApiError> {
     let Path((app, env)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let _: ApproveBody = parse_body(&body)?;
+    let _: ApproveRequest = parse_body(&body)?;
     let approved = state.engine.approve(&app, &env)?;
-    Ok(axum::Json(json!({
-        "deployment": approved.deployment,
-        "app": app,
-        "environment": env,
-        "version": approved.version,
-    })))
+    Ok(Json(Approved {
+        deployment: approved.deployment,
+        app,
+        environment: env,
+        version: approved.version,
+    }))
 }

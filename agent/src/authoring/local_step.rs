@@ -33,26 +33,42 @@ const PREVIOUS_VERSION: &str = "0.9.0";
 /// The grant kinds `--grant` takes, for error messages and `--help`.
 pub const GRANT_FORMS: &str = "http=HOST:PORT, tcp=HOST:PORT, exec=PROGRAM, dir=PATH, dir-rw=PATH, env=VAR or env=VAR=VALUE, secret=NAME";
 
-/// What `slipway plugin test` was asked for, as typed.
-#[derive(Debug, Clone, Default)]
+/// What `slipway plugin test` was asked for, as typed (its flags; the
+/// field docs are the `--help` text).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct TestOptions {
-    /// A path to a `.wasm` component, or a builtin plugin's name.
+    /// A `.wasm` component (or a builtin plugin's name).
     pub plugin: String,
-    /// The step kind; may be left out when the plugin implements only one.
+    /// The step kind to run; may be left out if the plugin implements
+    /// only one.
+    #[arg(long)]
     pub kind: Option<String>,
-    /// The step's params as a JSON document; `{}` when not given.
+    /// The step's params, as JSON (default `{}`); checked against the
+    /// plugin's schema.
+    #[arg(long)]
     pub params: Option<String>,
-    /// `--grant` flags, `KIND=VALUE` each.
+    /// A capability, as in a config's grants: http=HOST:PORT,
+    /// tcp=HOST:PORT, exec=PROGRAM, dir=PATH, dir-rw=PATH, env=VAR
+    /// (its value from here) or env=VAR=VALUE, secret=NAME (its value
+    /// from the environment variable NAME). Repeat for more.
+    #[arg(long = "grant", value_name = "KIND=VALUE")]
     pub grants: Vec<String>,
-    /// Wall-time limit, e.g. "10s".
+    /// Wall-time limit of the step (default 60s; build 10m).
+    #[arg(long)]
     pub timeout: Option<String>,
-    /// Release directory to use instead of a scratch one.
+    /// The release directory (default: a scratch one, removed after).
+    #[arg(long)]
     pub release: Option<PathBuf>,
-    /// A previous release's directory (what a rollback returns to).
+    /// The previous release's directory, as a rollback sees it.
+    #[arg(long)]
     pub previous_release: Option<PathBuf>,
-    /// A compile cache directory, so runs after the first skip compiling
-    /// the component (seconds for a Python or JavaScript plugin).
+    /// Keep compiled components in this directory (made private to
+    /// you), so runs after the first skip the compile (seconds for a
+    /// Python or JavaScript plugin).
+    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
     pub json: bool,
 }
 

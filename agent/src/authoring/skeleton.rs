@@ -98,17 +98,27 @@ impl Lang {
     }
 }
 
-/// What `slipway plugin new` was asked for, as typed.
-#[derive(Debug, Clone)]
+/// What `slipway plugin new` was asked for, as typed (its flags; the field
+/// docs are the `--help` text). The name is also the `describe()` name, the
+/// crate or package name, and the name of the `.wasm` file.
+#[derive(Debug, Clone, clap::Args)]
 pub struct NewOptions {
-    /// The plugin's name: its `describe()` name, crate or package name, and
-    /// the name of the `.wasm` file.
+    /// The plugin's name (lowercase letters, digits, `-`, `_`).
     pub name: String,
+    /// The step kind: build, deploy, smoke-test, health-check,
+    /// rollback or notify.
+    #[arg(long)]
     pub kind: String,
+    /// rust, python or js.
+    #[arg(long)]
     pub lang: String,
-    /// Where to write it; `./NAME` when not given. Must not exist.
+    /// Where to write it (default: ./NAME); must not exist.
+    #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// The Rust SDK's directory (Rust only).
+    /// Rust only: the plugin-sdk directory of a Slipway checkout (the
+    /// SDK is not on crates.io). Default: the one this binary was built
+    /// from.
+    #[arg(long)]
     pub sdk: Option<PathBuf>,
 }
 

@@ -8,7 +8,7 @@ use super::notify::Notifier;
 use super::steps::Runner;
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -76,7 +76,7 @@ pub(crate) struct Approval {
 }
 
 /// What the API shows of a waiting deployment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingApproval {
     pub deployment: i64,
     pub version: String,

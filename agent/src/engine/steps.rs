@@ -19,7 +19,7 @@ use crate::runtime::{
 };
 use crate::store::{Journal, LogRecord};
 use crate::vocab::{StepRole, Verdict};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub(super) fn kind_of(role: StepRole) -> StepKind {
 }
 
 /// The latest health check of an environment (during a bake or after).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthReport {
     /// healthy, unhealthy, unknown, or how the step failed (timeout, trap...).
     pub result: Verdict,

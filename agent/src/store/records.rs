@@ -3,13 +3,13 @@
 //! a step and its logs, an environment and its history, a pin, and the
 //! counts of a whole file. Plain data; the queries live with their tables.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::vocab::DeploymentState;
 
 /// One deployment of one spec of one app (the spec JSON itself is stored
 /// but not loaded here: it is for people reading the journal).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     /// Journal id; also the suffix of the release id it builds.
     pub id: i64,
@@ -32,7 +32,7 @@ pub struct Deployment {
 }
 
 /// A built release directory on disk, which environments run and roll back to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Release {
     /// Unique across apps (the caller builds it from version and deployment id).
     pub id: String,
@@ -49,7 +49,7 @@ pub struct Release {
 }
 
 /// One run of one plugin step within a deployment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Journal id, from `start_step`.
     pub id: i64,
@@ -74,7 +74,7 @@ pub struct StepRecord {
 }
 
 /// One log line a step's plugin emitted, kept with the step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogRecord {
     /// When the plugin logged it, ms since the epoch.
     pub at: i64,
@@ -89,7 +89,7 @@ pub struct LogRecord {
 }
 
 /// What one environment of one app runs now, and what it would roll back to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvState {
     /// The app.
     pub app: String,
@@ -105,7 +105,7 @@ pub struct EnvState {
 
 /// One change of an environment's current release (activation, rollback,
 /// stop), for the history people read after the fact.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvEvent {
     /// Journal id; orders the history.
     pub id: i64,
@@ -124,7 +124,7 @@ pub struct EnvEvent {
 }
 
 /// A spec that failed and must not be deployed again on its own.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pin {
     /// The app.
     pub app: String,

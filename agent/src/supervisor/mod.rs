@@ -63,7 +63,7 @@ pub struct RunSpec {
 }
 
 /// What `status` reports about one supervised (app, env).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessStatus {
     /// The release being run.
     pub release_id: String,
