@@ -1,6 +1,6 @@
 //! The agent's own log output, redacted of every secret value it has read.
 //!
-//! Step logs are redacted where they are made (`runtime::redact`); this is
+//! Step logs are redacted where they are made (`slipway_config::redact`); this is
 //! the net under everything else the agent writes: an error that quotes a
 //! command line, a debug field, a library's message. Every value the config
 //! resolves is registered here ([`redact`]) and stays registered, so a

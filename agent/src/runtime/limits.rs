@@ -3,6 +3,7 @@
 //! agent and every other step keep running.
 
 use std::time::Duration;
+use wasmtime::ResourceLimiter;
 
 /// Limits for one step. The defaults suit checks and deploy hooks; builds
 /// usually raise `wall_time` in config.
@@ -62,5 +63,65 @@ mod tests {
     fn truncates_on_char_boundaries() {
         assert_eq!(truncate("short".into(), 10), "short");
         assert_eq!(truncate("ééé".into(), 3), "é… [truncated 4 bytes]");
+    }
+}
+
+/// Memory and table limits of one step, as the store's `ResourceLimiter`.
+/// Records which limit was hit, so the step error can say "memory limit"
+/// rather than a bare trap.
+pub(crate) struct Limiter {
+    pub memory_bytes: usize,
+    pub table_elements: usize,
+    pub hit: Option<String>,
+}
+
+/// Table elements a step may grow to (the pool's per-table maximum).
+pub(crate) const TABLE_ELEMENTS: usize = 200_000;
+
+impl Limiter {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            memory_bytes: limits.memory_bytes,
+            table_elements: TABLE_ELEMENTS,
+            hit: None,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            let msg = format!(
+                "memory limit exceeded: the plugin tried to grow its memory from {} to {} MiB; the limit is {} MiB",
+                current >> 20,
+                desired >> 20,
+                self.memory_bytes >> 20
+            );
+            self.hit = Some(msg.clone());
+            wasmtime::bail!(msg);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            let msg = format!(
+                "table limit exceeded: {desired} elements (limit {})",
+                self.table_elements
+            );
+            self.hit = Some(msg.clone());
+            wasmtime::bail!(msg);
+        }
+        Ok(true)
     }
 }

@@ -3,13 +3,10 @@
 //! its imports, and ask it to describe itself. `LoadError` says which of
 //! those failed, for which plugin, and what to do.
 
-use super::state::StepState;
-use super::state::bindings::exports::slipway::plugin as exports;
-use super::state::bindings::slipway::plugin::types as wit;
-use super::{Plugin, PluginInfo, PluginSource, Runtime, StepKind, builtin, cache, version};
+use super::wit::Exports;
+use super::{Plugin, PluginInfo, PluginSource, Runtime, builtin, cache, version};
 use semver::Version;
 use std::sync::Arc;
-use wasmtime::component::InstancePre;
 
 /// Errors loading a plugin. Each names the plugin source and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +43,6 @@ pub enum LoadError {
     Link { plugin: String, error: String },
     #[error("{plugin}: describe() failed: {error}")]
     Describe { plugin: String, error: String },
-}
-
-/// The WIT `step-kind` as the host's [`StepKind`].
-fn kind_from_wit(kind: wit::StepKind) -> StepKind {
-    match kind {
-        wit::StepKind::Build => StepKind::Build,
-        wit::StepKind::Deploy => StepKind::Deploy,
-        wit::StepKind::SmokeTest => StepKind::SmokeTest,
-        wit::StepKind::HealthCheck => StepKind::HealthCheck,
-        wit::StepKind::Rollback => StepKind::Rollback,
-        wit::StepKind::Notify => StepKind::Notify,
-    }
 }
 
 impl Runtime {
@@ -163,7 +148,7 @@ impl Runtime {
             raw.name,
             raw.version,
             raw.api_version,
-            raw.kinds.into_iter().map(kind_from_wit).collect(),
+            raw.kinds,
             raw.params_schema,
             raw.description,
             &exported,
@@ -182,49 +167,5 @@ impl Runtime {
         }
         plugin.info = Some((info, Arc::new(validator)));
         Ok(plugin)
-    }
-}
-
-/// The export indices of the step kinds a component implements.
-#[derive(Clone)]
-pub(super) struct Exports {
-    pub(super) plugin: exports::plugin::GuestIndices,
-    pub(super) build: Option<exports::build_step::GuestIndices>,
-    pub(super) deploy: Option<exports::deploy_step::GuestIndices>,
-    pub(super) smoke_test: Option<exports::smoke_test_step::GuestIndices>,
-    pub(super) health_check: Option<exports::health_check_step::GuestIndices>,
-    pub(super) rollback: Option<exports::rollback_step::GuestIndices>,
-    pub(super) notify: Option<exports::notify_step::GuestIndices>,
-}
-
-impl Exports {
-    fn find(pre: &InstancePre<StepState>) -> Result<Self, String> {
-        let plugin = exports::plugin::GuestIndices::new(pre)
-            .map_err(|e| format!("does not export slipway:plugin/plugin (describe): {e:#}"))?;
-        Ok(Self {
-            plugin,
-            build: exports::build_step::GuestIndices::new(pre).ok(),
-            deploy: exports::deploy_step::GuestIndices::new(pre).ok(),
-            smoke_test: exports::smoke_test_step::GuestIndices::new(pre).ok(),
-            health_check: exports::health_check_step::GuestIndices::new(pre).ok(),
-            rollback: exports::rollback_step::GuestIndices::new(pre).ok(),
-            notify: exports::notify_step::GuestIndices::new(pre).ok(),
-        })
-    }
-
-    pub(super) fn kinds(&self) -> Vec<StepKind> {
-        let present = [
-            self.build.is_some(),
-            self.deploy.is_some(),
-            self.smoke_test.is_some(),
-            self.health_check.is_some(),
-            self.rollback.is_some(),
-            self.notify.is_some(),
-        ];
-        StepKind::ALL
-            .into_iter()
-            .zip(present)
-            .filter_map(|(k, p)| p.then_some(k))
-            .collect()
     }
 }

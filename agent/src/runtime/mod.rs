@@ -19,25 +19,24 @@
 pub mod builtin;
 pub mod cache;
 pub mod caps;
-pub mod grants;
 pub mod limits;
 mod load;
 mod plugin;
-pub mod redact;
 mod sandbox;
 mod state;
 mod step;
 pub mod version;
 mod warm;
+mod wit;
 
 pub use cache::CacheOutcome;
 pub use caps::log::{Level, LogLine, Source, StepLabels};
-pub use grants::{DirGrant, Grants, HostPattern};
 pub use limits::Limits;
 pub use load::LoadError;
 pub use plugin::Plugin;
-pub use redact::Redactor;
+pub use slipway_config::grants::{DirGrant, Grants, HostPattern};
 pub use slipway_config::plugin::{PluginInfo, PluginSource, StepKind};
+pub use slipway_config::redact::Redactor;
 pub use step::{
     Event, Health, ReleaseRef, StepContext, StepError, StepInput, StepOutcome, StepRequest,
     StepValue,
@@ -46,14 +45,13 @@ pub use warm::{WARM_MAX_CALLS, Warm};
 
 use cache::CompileCache;
 use caps::keepalive::ConnectionPool;
-use state::{HostImports, StepState};
+use state::StepState;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 /// How often the epoch advances; a runaway plugin overshoots its wall-time
 /// limit by at most about this much.
@@ -180,7 +178,7 @@ impl Runtime {
             .max_tables_per_component(16)
             .max_core_instances_per_component(64)
             .max_memory_size(limits::MAX_MEMORY_BYTES)
-            .table_elements(200_000)
+            .table_elements(limits::TABLE_ELEMENTS)
             .max_component_instance_size(4 << 20)
             .max_core_instance_size(4 << 20)
             // Reset a slot by rewriting only the pages a step dirtied (found
@@ -200,28 +198,7 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|e| format!("starting wasmtime: {e:#}"))?;
 
         let mut linker: Linker<StepState> = Linker::new(&engine);
-        let link =
-            |r: wasmtime::Result<()>, what: &str| r.map_err(|e| format!("linking {what}: {e:#}"));
-        link(wasmtime_wasi::p2::add_to_linker_async(&mut linker), "wasi")?;
-        link(
-            wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, WasiHttp>(
-                &mut linker,
-                &Default::default(),
-                StepState::http,
-            ),
-            "wasi:http/types",
-        )?;
-        link(
-            state::link_outgoing_handler(&mut linker),
-            "wasi:http/outgoing-handler",
-        )?;
-        link(
-            state::bindings::slipway::plugin::host::add_to_linker::<_, HostImports>(
-                &mut linker,
-                |s| &mut s.host,
-            ),
-            "slipway:plugin/host",
-        )?;
+        state::link(&mut linker)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), ticker_stop.clone());

@@ -3,14 +3,12 @@
 //! redacted and capped before the caller sees it.
 
 use super::caps::keepalive::ConnectionPool;
-use super::load::Exports;
 use super::sandbox::Sandbox;
 use super::state::StepState;
-use super::state::bindings::slipway::plugin::types as wit;
+use super::wit::{Described, Exports};
 use super::{
-    CacheOutcome, Event, Grants, Health, Limits, PluginInfo, PluginSource, Redactor, ReleaseRef,
-    Slots, StepContext, StepError, StepInput, StepKind, StepLabels, StepOutcome, StepRequest,
-    StepValue, limits,
+    CacheOutcome, Event, Grants, Limits, PluginInfo, PluginSource, Redactor, Slots, StepError,
+    StepInput, StepKind, StepLabels, StepOutcome, StepRequest, StepValue, limits,
 };
 use semver::Version;
 use std::collections::BTreeMap;
@@ -75,7 +73,7 @@ impl Plugin {
         self.exports.kinds().contains(&kind)
     }
 
-    pub(super) async fn describe(&self) -> Result<wit::PluginInfo, String> {
+    pub(super) async fn describe(&self) -> Result<Described, String> {
         let request = StepRequest {
             kind: StepKind::Notify,
             input: StepInput::Notify {
@@ -102,15 +100,12 @@ impl Plugin {
         let _slot = self.slots.acquire().await;
         let mut sandbox =
             Sandbox::new(&self.engine, &self.http, &request).map_err(|e| e.to_string())?;
-        let indices = self.exports.plugin.clone();
+        let exports = self.exports.clone();
         let pre = self.pre.clone();
         let result = sandbox
             .run(&request.limits, async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
-                indices
-                    .load(&mut *store, &instance)?
-                    .call_describe(&mut *store)
-                    .await
+                exports.describe(store, &instance).await
             })
             .await;
         result.map_err(|e| e.to_string())
@@ -179,135 +174,26 @@ impl Plugin {
         if !self.implements(request.kind) {
             return Err(StepError::NotImplemented(request.kind));
         }
-        let pre = self.pre.clone();
-        let ex = self.exports.clone();
         let kind = request.kind;
-        let (ctx, notify) = match &request.input {
-            StepInput::Step(ctx) => (Some(to_wit_context(ctx)), None),
-            StepInput::Notify { event, params } => {
-                (None, Some((to_wit_event(event), params.to_string())))
-            }
-        };
-        let missing = || StepError::Setup(format!("a {kind} step needs a step context"));
-        if kind == StepKind::Notify && notify.is_none() || kind != StepKind::Notify && ctx.is_none()
-        {
-            return Err(missing());
+        // A notify step takes an event; every other kind a step context.
+        let is_event = matches!(request.input, StepInput::Notify { .. });
+        if (kind == StepKind::Notify) != is_event {
+            return Err(StepError::Setup(format!(
+                "a {kind} step needs a step context"
+            )));
         }
+        let pre = self.pre.clone();
+        let exports = self.exports.clone();
+        let input = &request.input;
         sandbox
             .run(&request.limits, async |store| {
                 let instance = match warm {
                     Some(instance) => instance,
                     None => pre.instantiate_async(&mut *store).await?,
                 };
-                let s = &mut *store;
-                let value = match kind {
-                    StepKind::Build => {
-                        let g = ex
-                            .build
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        g.call_build(&mut *s, ctx.as_ref().expect("checked"))
-                            .await?
-                            .map(|a| StepValue::Artifact {
-                                dir: a.dir,
-                                metadata: a.metadata,
-                            })
-                    }
-                    StepKind::Deploy => {
-                        let g = ex
-                            .deploy
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        g.call_deploy(&mut *s, ctx.as_ref().expect("checked"))
-                            .await?
-                            .map(|()| StepValue::Done)
-                    }
-                    StepKind::SmokeTest => {
-                        let g = ex
-                            .smoke_test
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        g.call_smoke_test(&mut *s, ctx.as_ref().expect("checked"))
-                            .await?
-                            .map(|report| StepValue::Passed { report })
-                    }
-                    StepKind::HealthCheck => {
-                        let g = ex
-                            .health_check
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        let r = g
-                            .call_check(&mut *s, ctx.as_ref().expect("checked"))
-                            .await?;
-                        let status = match r.status {
-                            wit::HealthStatus::Healthy => Health::Healthy,
-                            wit::HealthStatus::Unhealthy => Health::Unhealthy,
-                            wit::HealthStatus::Unknown => Health::Unknown,
-                        };
-                        Ok(StepValue::Health {
-                            status,
-                            message: r.message,
-                        })
-                    }
-                    StepKind::Rollback => {
-                        let g = ex
-                            .rollback
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        g.call_rollback(&mut *s, ctx.as_ref().expect("checked"))
-                            .await?
-                            .map(|()| StepValue::Done)
-                    }
-                    StepKind::Notify => {
-                        let g = ex
-                            .notify
-                            .as_ref()
-                            .expect("checked")
-                            .load(&mut *s, &instance)?;
-                        let (event, params) = notify.as_ref().expect("checked");
-                        g.call_notify(&mut *s, event, params)
-                            .await?
-                            .map(|()| StepValue::Done)
-                    }
-                };
-                Ok(value)
+                exports.call(store, &instance, kind, input).await
             })
             .await?
             .map_err(StepError::Failed)
-    }
-}
-
-fn to_wit_release(r: &ReleaseRef) -> wit::Release {
-    wit::Release {
-        version: r.version.clone(),
-        id: r.id.clone(),
-        dir: r.dir.to_string_lossy().into_owned(),
-    }
-}
-
-fn to_wit_context(ctx: &StepContext) -> wit::StepContext {
-    wit::StepContext {
-        app: ctx.app.clone(),
-        environment: ctx.environment.clone(),
-        release: to_wit_release(&ctx.release),
-        previous_release: ctx.previous_release.as_ref().map(to_wit_release),
-        params: ctx.params.to_string(),
-        attempt: ctx.attempt,
-    }
-}
-
-fn to_wit_event(e: &Event) -> wit::Event {
-    wit::Event {
-        app: e.app.clone(),
-        environment: e.environment.clone(),
-        deployment_id: e.deployment_id.clone(),
-        version: e.version.clone(),
-        state: e.state.clone(),
-        message: e.message.clone(),
     }
 }

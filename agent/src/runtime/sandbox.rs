@@ -2,19 +2,15 @@
 //! the captured stdio and log, the wall-time deadline, and how a call that
 //! ended badly is classified (timeout, resource limit, trap).
 
-use super::caps::exec::Exec;
-use super::caps::http::HttpPolicy;
 use super::caps::keepalive::ConnectionPool;
 use super::caps::log::StepLog;
-use super::caps::secret::Secrets;
-use super::state::{HostCtx, Limiter, StepState};
-use super::{Limits, LogLine, Source, StepError, StepInput, StepRequest, caps, limits};
+use super::state::{Setup, StepState};
+use super::{Limits, LogLine, Source, StepError, StepRequest, caps, limits};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::component::{ResourceTable, ResourceTableError};
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi_http::WasiHttpCtx;
 
 /// One step's store and captured stdio.
 pub(super) struct Sandbox {
@@ -49,41 +45,13 @@ impl Sandbox {
         let (wasi, stdio) =
             caps::wasi::build(&request.grants, limits.max_log_bytes).map_err(StepError::Setup)?;
         let deadline = Instant::now() + limits.wall_time;
-        let default_cwd = match &request.input {
-            StepInput::Step(ctx) => Some(ctx.release.dir.clone()),
-            StepInput::Notify { .. } => None,
+        let setup = Setup {
+            request,
+            log: &log,
+            deadline,
+            pool,
         };
-        let grants = Arc::new(request.grants.clone());
-        let state = StepState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            http_policy: HttpPolicy {
-                allowed: Arc::new(request.grants.http.clone()),
-                log: log.clone(),
-                pool: pool.clone(),
-            },
-            table: {
-                let mut table = ResourceTable::new();
-                table.set_max_capacity(limits.max_resources);
-                table
-            },
-            limiter: Limiter {
-                memory_bytes: limits.memory_bytes,
-                table_elements: 200_000,
-                hit: None,
-            },
-            host: HostCtx {
-                log: log.clone(),
-                exec: Exec {
-                    grants,
-                    default_cwd,
-                    deadline,
-                    max_output_bytes: limits.max_exec_output_bytes,
-                    log: log.clone(),
-                },
-                secrets: Secrets::new(request.secrets.clone()),
-            },
-        };
+        let state = StepState::new(&setup, wasi);
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -114,7 +82,7 @@ impl Sandbox {
     pub(super) fn rearm(&mut self, limits: &Limits) {
         let deadline = Instant::now() + limits.wall_time;
         *self.deadline.lock().expect("deadline poisoned") = deadline;
-        self.store.data_mut().host.exec.deadline = deadline;
+        self.store.data_mut().exec.deadline = deadline;
         self.timed_out.store(false, Ordering::Relaxed);
     }
 

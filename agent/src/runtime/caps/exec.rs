@@ -9,7 +9,8 @@
 //! killed on timeout or when the step is abandoned.
 
 use crate::runtime::caps::log::{Level, Source, StepLog};
-use crate::runtime::grants::{self, Grants};
+use crate::runtime::state::Setup;
+use slipway_config::grants::{self, Grants};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -54,6 +55,26 @@ fn child_path() -> String {
 }
 
 impl Exec {
+    /// The step's grants and limits; programs run in the release dir by
+    /// default, and never past the step's deadline.
+    pub(crate) fn for_step(setup: &Setup<'_>) -> Self {
+        Self {
+            grants: Arc::new(setup.request.grants.clone()),
+            default_cwd: setup.release_dir(),
+            deadline: setup.deadline,
+            max_output_bytes: setup.request.limits.max_exec_output_bytes,
+            log: setup.log.clone(),
+        }
+    }
+
+    /// The host function `exec(request)`: [`Exec::run`], its error redacted
+    /// (it may quote the arguments, which may hold a secret).
+    pub async fn serve(&self, request: ExecRequest) -> Result<ExecOutput, String> {
+        self.run(request)
+            .await
+            .map_err(|e| self.log.redactor().redact(&e))
+    }
+
     pub async fn run(&self, req: ExecRequest) -> Result<ExecOutput, String> {
         let shown = std::iter::once(req.program.as_str())
             .chain(req.args.iter().map(String::as_str))
@@ -238,8 +259,8 @@ async fn read_tail(stream: Option<impl AsyncRead + Unpin>, max: usize) -> (Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::grants::DirGrant;
-    use crate::runtime::redact::Redactor;
+    use slipway_config::grants::DirGrant;
+    use slipway_config::redact::Redactor;
 
     fn exec(grants: Grants, max: usize) -> Exec {
         Exec {

@@ -11,10 +11,17 @@
 
 use crate::runtime::caps::keepalive::ConnectionPool;
 use crate::runtime::caps::log::{Level, Source, StepLog};
-use crate::runtime::grants::{HostPattern, is_internal};
+use crate::runtime::state::{Setup, StepState};
 use http_body_util::BodyExt;
+use slipway_config::grants::{HostPattern, is_internal};
 use std::sync::Arc;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi_http::p2::bindings::http::{outgoing_handler, types as http_types};
+use wasmtime_wasi_http::p2::types::HostOutgoingRequest;
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttp, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// Per-step HTTP policy, installed as the store's `WasiHttpHooks`.
 pub struct HttpPolicy {
@@ -22,6 +29,71 @@ pub struct HttpPolicy {
     pub log: StepLog,
     /// Idle connections shared by every step (see `keepalive`).
     pub pool: Arc<ConnectionPool>,
+}
+
+impl HttpPolicy {
+    /// The step's `http` grants, its log for denials, the shared pool.
+    pub(crate) fn for_step(setup: &Setup<'_>) -> Self {
+        Self {
+            allowed: Arc::new(setup.request.grants.http.clone()),
+            log: setup.log.clone(),
+            pool: setup.pool.clone(),
+        }
+    }
+}
+
+impl WasiHttpView for StepState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
+    }
+}
+
+/// Link `wasi:http/types` and `wasi:http/outgoing-handler`.
+pub(crate) fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
+    http_types::add_to_linker::<_, WasiHttp>(linker, &Default::default(), StepState::http)?;
+    link_outgoing_handler(linker)
+}
+
+/// The interface [`link_outgoing_handler`] serves: wasmtime-wasi-http's
+/// version of it (guests importing any 0.2.x get it by semver).
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler@0.2.12";
+
+/// Link `wasi:http/outgoing-handler` as wasmtime-wasi-http serves it, except
+/// that the `request-options` a guest hands over are dropped after use.
+///
+/// `handle` takes the options by ownership (the guest's handle is gone
+/// after the call), but wasmtime-wasi-http 48 only reads them and leaves
+/// the entry in the store's resource table for good. In a warm instance
+/// that is one entry per request for the instance's lifetime (the RSS
+/// growth it caused: BENCHMARKS.md, "Where the load goes").
+fn link_outgoing_handler(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
+    type Args = (
+        Resource<HostOutgoingRequest>,
+        Option<Resource<http_types::RequestOptions>>,
+    );
+    linker.instance(OUTGOING_HANDLER)?.func_wrap(
+        "handle",
+        |mut store: StoreContextMut<'_, StepState>, (request, options): Args| {
+            let owned = options
+                .as_ref()
+                .map(|o| Resource::<http_types::RequestOptions>::new_own(o.rep()));
+            let mut http = store.data_mut().http();
+            let response = match outgoing_handler::Host::handle(&mut http, request, options) {
+                Ok(response) => Ok(response),
+                Err(e) => Err(http_types::Host::convert_error_code(&mut http, e)?),
+            };
+            if let Some(options) = owned {
+                // Gone already only if the guest's handle was never valid,
+                // which `handle` has reported.
+                let _ = http.table.delete(options);
+            }
+            Ok((response,))
+        },
+    )
 }
 
 /// Why a destination is refused, or Ok if some grant admits it.

@@ -1,8 +1,8 @@
 //! The `log` capability: plugin log lines into the agent's `tracing` stream
 //! and into the step's record, redacted and capped.
 
-use crate::runtime::redact::Redactor;
 use serde::Serialize;
+use slipway_config::redact::Redactor;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -116,6 +116,11 @@ impl StepLog {
             message,
             fields,
         });
+    }
+
+    /// The host function `log(level, message, fields)`.
+    pub fn serve(&self, level: Level, message: &str, fields: Vec<(String, String)>) {
+        self.push(level, Source::Plugin, message, fields);
     }
 
     /// Record captured stdout/stderr, one line each.

@@ -1,11 +1,28 @@
 //! The WASI context of one step: preopened directories, env, TCP and
 //! captured stdio, each only as granted. Nothing is inherited from the agent.
 
-use crate::runtime::grants::{Grants, HostPattern};
+use crate::runtime::state::StepState;
+use slipway_config::grants::{Grants, HostPattern};
 use std::sync::Arc;
+use wasmtime::component::Linker;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Link WASI p2 (filesystem, clocks, random, sockets, stdio...): what a
+/// step reaches through it is decided per step, by [`build`].
+pub(crate) fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+}
 
 /// The guest's stdout and stderr, kept for the step log.
 pub struct Stdio {
