@@ -55,17 +55,6 @@ pub fn truncate(text: String, max: usize) -> String {
     format!("{}… [truncated {} bytes]", &text[..cut], text.len() - cut)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncates_on_char_boundaries() {
-        assert_eq!(truncate("short".into(), 10), "short");
-        assert_eq!(truncate("ééé".into(), 3), "é… [truncated 4 bytes]");
-    }
-}
-
 /// Memory and table limits of one step, as the store's `ResourceLimiter`.
 /// Records which limit was hit, so the step error can say "memory limit"
 /// rather than a bare trap.
@@ -123,5 +112,16 @@ impl ResourceLimiter for Limiter {
             wasmtime::bail!(msg);
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        assert_eq!(truncate("ééé".into(), 3), "é… [truncated 4 bytes]");
     }
 }
