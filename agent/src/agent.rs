@@ -6,7 +6,7 @@
 //! deployment cut short is marked interrupted at the next start and redone.
 
 use crate::config::{self, Config, ConfigErrors, Resolve};
-use crate::engine::Engine;
+use crate::engine::Deployer;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
@@ -159,7 +159,7 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(pidfile = %pidfile, pid, "killed an app process left over from a previous agent");
     }
     let supervisor = Arc::new(supervisor);
-    let engine = Arc::new(Engine::new(
+    let engine = Arc::new(Deployer::new(
         Arc::new(journal),
         supervisor.clone(),
         state_dir.clone(),
@@ -235,7 +235,7 @@ fn open_journal(path: &Path) -> Result<Journal, AgentError> {
 }
 
 /// Apply an edited config, or log why it was refused and keep the last good.
-async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, engine: &Engine) {
+async fn reload(file: &Path, text: &str, state_dir: &Path, runtime: &Runtime, engine: &Deployer) {
     let checked = match config::load_checked(file, text, runtime, Resolve::Agent).await {
         Ok((config, _)) if config.agent.state_dir != state_dir => Err(format!(
             "{}: `state_dir` cannot change while the agent runs (restart it to move state)",

@@ -35,7 +35,7 @@ mod support;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestRunner};
 use slipway::config::{self, Resolve};
-use slipway::engine::Engine;
+use slipway::engine::Deployer;
 use slipway::runtime::Runtime;
 use slipway::store::{Deployment, DeploymentState, EnvEvent, EnvState, Journal, StepRecord};
 use slipway::supervisor::Supervisor;
@@ -206,7 +206,7 @@ fn wasm_runtime() -> &'static Runtime {
 /// drop it wherever it is.
 struct Agent {
     rt: tokio::runtime::Runtime,
-    engine: Arc<Engine>,
+    engine: Arc<Deployer>,
 }
 
 /// One generated history, played in a temp dir.
@@ -281,7 +281,7 @@ impl Case {
             .check_integrity()
             .expect("journal intact after a crash");
         let supervisor = Supervisor::new(self.state_dir().join("run"), Duration::from_secs(1));
-        let engine = Arc::new(Engine::new(
+        let engine = Arc::new(Deployer::new(
             Arc::new(journal),
             Arc::new(supervisor),
             self.state_dir(),

@@ -14,7 +14,7 @@ pub mod view;
 
 pub use token::{ensure_token, read_token};
 
-use crate::engine::Engine;
+use crate::engine::Deployer;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 /// What the handlers share.
 pub struct ApiState {
-    pub engine: Arc<Engine>,
+    pub engine: Arc<Deployer>,
     token: String,
 }
 
@@ -89,7 +89,7 @@ impl From<crate::engine::EngineError> for ApiError {
 }
 
 /// The router, with authentication on every route but `/healthz`.
-pub fn router(engine: Arc<Engine>, token: String) -> Router {
+pub fn router(engine: Arc<Deployer>, token: String) -> Router {
     let state = Arc::new(ApiState { engine, token });
     routes::router(state)
 }

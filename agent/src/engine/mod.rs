@@ -14,7 +14,7 @@
 //! The modules depend on each other one way: each uses only modules listed
 //! after it, and no two use each other.
 //!
-//! - this file: the engine's handle and the per-app workers;
+//! - this file: the engine's handle (`Deployer`) and the per-app workers;
 //! - `deployment`: drives one deployment through the phases `machine`
 //!   decides;
 //! - `rollback`: the one rollback path of a failed gate, the guard and an
@@ -81,8 +81,9 @@ struct Worker {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The engine: one worker task per app, fed the newest desired state.
-pub struct Engine {
+/// The engine's handle: one worker task per app, fed the newest desired
+/// state.
+pub struct Deployer {
     shared: Arc<Shared>,
     workers: Mutex<HashMap<String, Worker>>,
     config: Mutex<Option<Arc<Config>>>,
@@ -90,7 +91,7 @@ pub struct Engine {
     _checks: guard::ChecksThread,
 }
 
-impl Engine {
+impl Deployer {
     pub fn new(journal: Arc<Journal>, supervisor: Arc<Supervisor>, state_dir: PathBuf) -> Self {
         let checks = guard::ChecksThread::start();
         let handle = checks.handle().clone();

@@ -63,9 +63,9 @@ pub struct RuntimeConfig {
     /// Compile cache root (`state_dir/cache`); `None` disables it.
     pub cache_dir: Option<PathBuf>,
     /// Concurrent plugin instances (pool slots). Half may be warm: 1024
-    /// keeps every environment of 200 apps × 2 warm: with 128 warm (a fresh
-    /// instance per check for the rest) the load test took 21% of a core
-    /// instead of 14.5%. A slot costs address space, not memory, until used.
+    /// keeps every environment of 200 apps × 2 warm (what fewer cost:
+    /// BENCHMARKS.md, "Where the load goes"). A slot costs address space,
+    /// not memory, until used.
     pub max_instances: u32,
     /// Compile plugins in a child process running this program (the
     /// `slipway` binary: `slipway compile-component`, see
@@ -183,8 +183,8 @@ impl Runtime {
             .max_core_instance_size(4 << 20)
             // Reset a slot by rewriting only the pages a step dirtied (found
             // with PAGEMAP_SCAN on Linux 6.7+) instead of unmapping them: the
-            // next step pays neither the madvise nor the page faults. Halved
-            // the cost of a no-op step (37 -> 18 µs).
+            // next step pays neither the madvise nor the page faults
+            // (BENCHMARKS.md, "Where the load goes").
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)

@@ -119,9 +119,9 @@ pub struct Warm {
 }
 
 /// Everything that shapes a step's sandbox; a warm instance serves only
-/// requests that match it. Compared field by field on every call: hashing
-/// a rendering of the request instead cost 5% of the agent's CPU at 400
-/// health checks a second.
+/// requests that match it. Compared field by field on every call, which is
+/// cheaper than hashing a rendering of the request (BENCHMARKS.md, "Where
+/// the load goes").
 #[derive(Debug)]
 struct WarmKey {
     plugin_sha256: String,

@@ -1,9 +1,9 @@
 //! Keep-alive connections for plugins' plain-HTTP requests.
 //!
-//! A health check every second used to open a TCP connection, send one
-//! request and close it again: connect, accept, two FIN handshakes and a
-//! TIME_WAIT socket per check, about a quarter of the agent's CPU at 400
-//! guarded environments. Here an idle HTTP/1.1 connection goes back to a
+//! Without it, a health check every second opens a TCP connection, sends
+//! one request and closes it again: connect, accept, two FIN handshakes and
+//! a TIME_WAIT socket per check (its cost at 400 guarded environments:
+//! BENCHMARKS.md, "Where the load goes"). Here an idle HTTP/1.1 connection goes back to a
 //! pool keyed by `host:port` (and tokio runtime, see [`Key`]) and the next
 //! request to that address reuses it.
 //!
