@@ -13,6 +13,8 @@
 //!    against `sh -c 'exit 0'` and `curl`.
 
 mod common;
+// The tests' support module: the bench uses part of it.
+#[allow(dead_code, unused_imports)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

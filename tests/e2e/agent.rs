@@ -3,9 +3,9 @@
 //! config file the way a person would, and kills the agent the way a crash
 //! would.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
+use serde_json::json;
 use slipway::store::DeploymentState;
 use std::process::Command;
 use std::time::Duration;
@@ -243,20 +243,21 @@ fn apps_deploy_in_parallel_and_quick_edits_deploy_only_the_last() {
     let q = Quickstart::new();
     let world_port = support::app_port();
     let two_apps = |hello: &str, world: &str| {
-        let mut text = q.config_text(hello);
-        text.push_str(&format!(
-            r#"
-[apps.world]
-version = "{world}"
-source = {{ path = "app" }}
-build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
-
-[apps.world.environments.production]
-run = {{ command = "./hello", env = {{ PORT = "{world_port}" }} }}
-health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{world_port}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "3s" }}
-"#
-        ));
-        text
+        let mut config = q.config.clone();
+        config.app_mut("hello").version = hello.into();
+        let mut production = Env::hello("production", world_port);
+        production.health = Some(
+            StepConfig::new(
+                "http-check",
+                json!({ "url": format!("http://127.0.0.1:{world_port}/healthz") }),
+            )
+            .health("500ms", 2, "3s"),
+        );
+        config.apps.push(App {
+            environments: vec![production],
+            ..App::new("world", world, hello_build())
+        });
+        config.render()
     };
     q.save(&two_apps("1.0.0", "2.0.0"));
     let agent = q.start_agent();
@@ -333,17 +334,14 @@ fn consistent(q: &Quickstart, env: &str, port: u16) -> bool {
 
 #[test]
 fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
-    let q = Quickstart::new();
+    let mut q = Quickstart::new();
     // A build that takes a moment, so the test can catch it in the act.
-    let text = |version: &str| {
-        q.config_text(version)
-            .replace("exec = [\"rustc\"]", "exec = [\"rustc\", \"sh\"]")
-            .replace(
-                "run = [\"rustc",
-                "run = [\"sh -c \\\"sleep 1\\\"\", \"rustc",
-            )
-    };
-    q.save(&text("1.0.0"));
+    q.config.plugin_mut("command").grants = json!({ "exec": ["rustc", "sh"] });
+    q.hello().build = StepConfig::command(json!([
+        "sh -c \"sleep 1\"",
+        "rustc --edition 2024 src/main.rs -o hello"
+    ]));
+    q.write_config("1.0.0");
     let mut agent = q.start_agent();
     assert_eq!(
         wait_deployment_end(&q, &agent, "1.0.0").state,
@@ -360,7 +358,7 @@ fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
     ];
     for (n, (phase, reached)) in phases.into_iter().enumerate() {
         let version = format!("1.1.{n}");
-        q.save(&text(&version));
+        q.write_config(&version);
         wait_for(
             &format!("{version} in {phase}"),
             &agent,
@@ -426,22 +424,17 @@ fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
 
 #[test]
 fn a_release_that_turns_unhealthy_after_promotion_is_rolled_back() {
-    let q = Quickstart::new();
+    let mut q = Quickstart::new();
     // A production bake shorter than the time the sick version stays well.
-    let text = |version: &str| {
-        q.config_text(version).replace(
-            "unhealthy_after = 2, bake = \"5s\"",
-            "unhealthy_after = 2, bake = \"1s\"",
-        )
-    };
-    q.save(&text("1.0.0"));
+    q.production_env().health.as_mut().unwrap().bake = Some("1s".into());
+    q.write_config("1.0.0");
     let agent = q.start_agent();
     assert_eq!(
         wait_deployment_end(&q, &agent, "1.0.0").state,
         DeploymentState::Succeeded
     );
 
-    q.save(&text("1.2.0-sick"));
+    q.write_config("1.2.0-sick");
     let promoted = wait_deployment_end(&q, &agent, "1.2.0-sick");
     assert_eq!(
         promoted.state,
@@ -497,36 +490,25 @@ fn many_apps_deploy_in_turns_and_all_land() {
     std::fs::write(dir.path().join("app/README"), "source\n").unwrap();
     let turns = slipway::engine::parallel_deployments();
     let apps = turns + 4;
-    let pass = r#"{ plugin = "scripted", params = { outcome = "pass" } }"#;
-    let mut text = format!(
-        "[agent]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n\n[plugins.scripted]\nsource = \"{}\"\n",
-        support::fixture("scripted").display()
-    );
+    let pass = StepConfig::new("scripted", json!({ "outcome": "pass" }));
+    let mut config = TestConfig::new();
+    config.plugins.push(PluginDef::new(
+        "scripted",
+        support::fixture("scripted").to_str().unwrap(),
+        json!({}),
+    ));
     for n in 0..apps {
-        text.push_str(&format!(
-            r#"
-[apps.app{n}]
-version = "1.0.0"
-source = {{ path = "app" }}
-build = {pass}
-
-[apps.app{n}.environments.production]
-deploy = {pass}
-health = {{ plugin = "scripted", params = {{ outcome = "pass" }}, interval = "100ms", healthy_after = 3, bake = "1s" }}
-"#
-        ));
+        let mut production = Env::new("production");
+        production.deploy = Some(pass.clone());
+        production.health = Some(pass.clone().health("100ms", 3, "1s"));
+        config.apps.push(App {
+            environments: vec![production],
+            ..App::new(&format!("app{n}"), "1.0.0", pass.clone())
+        });
     }
-    let config = dir.path().join("slipway.toml");
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("agent.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["agent", "-c"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let agent = Agent { child, log };
+    let config_file = dir.path().join("slipway.toml");
+    std::fs::write(&config_file, config.render()).unwrap();
+    let agent = AgentBuilder::new(&config_file).spawn();
     let journal = || slipway::store::Journal::open(&dir.path().join("state/journal.db")).unwrap();
     let mut all = Vec::new();
     wait_for(

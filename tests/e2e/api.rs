@@ -3,10 +3,9 @@
 //! approve, exit codes), manual gates, pre-deploy and on-rollback steps, and
 //! a SIGTERM that records the work in progress and exits 0.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use slipway::store::DeploymentState;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -418,7 +417,8 @@ fn api_and_cli_show_what_runs_and_roll_back_with_a_token() {
 #[test]
 fn a_manual_gate_waits_for_approve_and_is_cancelled_by_timeout_or_a_new_config() {
     let mut q = Quickstart::new();
-    q.production_extra = "promote = \"manual\"\napproval_timeout = \"4s\"".into();
+    q.production_env().promote = Some("manual".into());
+    q.production_env().approval_timeout = Some("4s".into());
     q.write_config("1.0.0");
     let agent = q.start_agent();
     let api = Api::of(&q, &agent);
@@ -510,15 +510,21 @@ fn pre_deploy_failure_stops_before_activation_and_on_rollback_runs() {
     let mut q = Quickstart::new();
     let marks = q.dir.path().join("steps.log");
     let fail = q.dir.path().join("fail-pre-deploy");
-    q.command_grants = r#"{ exec = ["rustc", "sh"] }"#.into();
-    q.production_extra = format!(
-        r#"pre_deploy = [{{ plugin = "command", params = {{ run = [["sh", "-c", "test ! -e {fail} && echo pre-deploy >> {marks}"]] }} }}]
-on_rollback = [{{ plugin = "command", params = {{ run = [["sh", "-c", "echo on-rollback >> {marks}"]] }} }}]"#,
-        fail = fail.display(),
-        marks = marks.display()
-    );
+    q.config.plugin_mut("command").grants = json!({ "exec": ["rustc", "sh"] });
+    let (f, m) = (fail.display().to_string(), marks.display().to_string());
+    let production = q.production_env();
+    production.pre_deploy = vec![StepConfig::command(json!([[
+        "sh",
+        "-c",
+        format!("test ! -e {f} && echo pre-deploy >> {m}")
+    ]]))];
+    production.on_rollback = vec![StepConfig::command(json!([[
+        "sh",
+        "-c",
+        format!("echo on-rollback >> {m}")
+    ]]))];
     q.write_config("1.0.0");
-    let agent = q.start_agent_with(&["--log-format", "json"]);
+    let agent = q.agent().global_args(&["--log-format", "json"]).spawn();
     let first = wait_deployment_end(&q, &agent, "1.0.0");
     assert_eq!(
         first.state,
@@ -587,9 +593,8 @@ on_rollback = [{{ plugin = "command", params = {{ run = [["sh", "-c", "echo on-r
 fn sigterm_during_a_step_records_it_as_interrupted_and_exits_0() {
     let mut q = Quickstart::new();
     // A bake long enough to be caught in.
-    q.production_extra =
-        r#"pre_deploy = [{ plugin = "command", params = { run = ["sleep 30"] } }]"#.into();
-    q.command_grants = r#"{ exec = ["rustc", "sleep"] }"#.into();
+    q.production_env().pre_deploy = vec![StepConfig::command(json!(["sleep 30"]))];
+    q.config.plugin_mut("command").grants = json!({ "exec": ["rustc", "sleep"] });
     q.write_config("1.0.0");
     let mut agent = q.start_agent();
     wait_for(

@@ -3,65 +3,22 @@
 //! sha256, builds and ships it; a config edit with a wrong checksum fails
 //! before anything is touched, and a later version reuses the download.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use sha2::{Digest, Sha256};
 use slipway::store::DeploymentState;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::http::{HttpServer, Reply};
 use support::quickstart::*;
 
-/// Serves one file at `/releases/NAME` (404 elsewhere) and counts requests.
-struct FileServer {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-impl FileServer {
-    fn start(name: &str, body: Vec<u8>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (counter, route) = (hits.clone(), format!("/releases/{name}"));
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                    line.clear();
-                }
-                let found = request.split_whitespace().nth(1) == Some(route.as_str());
-                let (status, body) = if found {
-                    ("200 OK", &body[..])
-                } else {
-                    ("404 Not Found", &b""[..])
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(body);
-            }
-        });
-        Self { port, hits }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/releases/{name}", self.port)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
+/// Serves one file at `/releases/NAME` (404 elsewhere).
+fn file_server(name: &str, body: Vec<u8>) -> HttpServer {
+    HttpServer::scripted()
+        .route(&format!("/releases/{name}"), move |_, _| {
+            Reply::new(200, body.clone())
+        })
+        .start()
 }
 
 /// The app directory as a gzipped tarball: `src/main.rs` at the top.
@@ -72,14 +29,13 @@ fn tar_gz(dir: &std::path::Path) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
+/// The quickstart at `version`, its source fetched from `url`.
 fn url_config(q: &Quickstart, version: &str, url: &str, sha256: &str) -> String {
-    let path_source = r#"source = { path = "app" }"#;
-    let text = q.config_text(version);
-    assert!(text.contains(path_source));
-    text.replace(
-        path_source,
-        &format!(r#"source = {{ url = "{url}", sha256 = "{sha256}" }}"#),
-    )
+    let mut config = q.config.clone();
+    let app = config.app_mut("hello");
+    app.version = version.into();
+    app.source = serde_json::json!({ "url": url, "sha256": sha256 });
+    config.render()
 }
 
 #[test]
@@ -87,8 +43,8 @@ fn a_url_source_is_downloaded_verified_built_and_a_wrong_checksum_deploys_nothin
     let q = Quickstart::new();
     let archive = tar_gz(&q.dir.path().join("app"));
     let sha = hex::encode(Sha256::digest(&archive));
-    let server = FileServer::start("hello-src.tar.gz", archive);
-    let url = server.url("hello-src.tar.gz");
+    let server = file_server("hello-src.tar.gz", archive);
+    let url = server.url("/releases/hello-src.tar.gz");
     q.save(&url_config(&q, "1.0.0", &url, &sha));
     // The local copy is gone: the only way to the source is the URL.
     std::fs::remove_dir_all(q.dir.path().join("app")).unwrap();

@@ -9,16 +9,12 @@
 //! dependencies. Python and JavaScript skeletons use the toolchains the
 //! example plugins install (`target/toolchains`).
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use slipway::runtime::builtin;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{HttpServer, closed_port, fixture, slipway};
 
@@ -115,39 +111,6 @@ fn plugin_logs(report: &Value) -> Vec<String> {
         .filter(|l| l["source"] == "plugin")
         .map(|l| l["message"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// A server on 127.0.0.1 that answers POSTs with 204 and hands over each
-/// request's content-type and body.
-fn post_catcher() -> (u16, mpsc::Receiver<(String, String)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (mut length, mut content_type) = (0usize, String::new());
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if let Some(v) = lower.strip_prefix("content-type:") {
-                    content_type = v.trim().to_string();
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let mut stream = stream;
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-            let _ = tx.send((content_type, String::from_utf8_lossy(&body).into_owned()));
-        }
-    });
-    (port, rx)
 }
 
 /// A skeleton's `describe()`, as `plugins inspect` shows it.
@@ -315,9 +278,9 @@ fn rust_skeletons_of_every_kind_build_pass_inspect_and_run_under_plugin_test() {
     check_probe(&built[1], "smoke-test", cache);
 
     // notify: the event arrives as JSON.
-    let (port, posts) = post_catcher();
-    let params = json!({ "url": format!("http://127.0.0.1:{port}/hook") }).to_string();
-    let grant = format!("http=127.0.0.1:{port}");
+    let catcher = HttpServer::scripted().fixed("/hook", 204, "").start();
+    let params = json!({ "url": catcher.url("/hook") }).to_string();
+    let grant = format!("http=127.0.0.1:{}", catcher.port);
     let (code, report) = plugin_test(&[
         built[2].to_str().unwrap(),
         "--params",
@@ -326,9 +289,11 @@ fn rust_skeletons_of_every_kind_build_pass_inspect_and_run_under_plugin_test() {
         &grant,
     ]);
     assert_eq!((code, &report["result"]), (0, &json!("ok")), "{report}");
-    let (content_type, body) = posts.recv_timeout(Duration::from_secs(5)).unwrap();
+    let posts = catcher.received("/hook");
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    let (content_type, body) = (posts[0].header("content-type"), &posts[0].body);
     assert_eq!(content_type, "application/json");
-    let event: Value = serde_json::from_str(&body).unwrap();
+    let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(
         (&event["app"], &event["state"]),
         (&json!("plugin-test"), &json!("succeeded")),

@@ -4,11 +4,9 @@
 //! started on it knows the whole history and serves the config's version
 //! again, rebuilt because the release directories were not in the backup.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use slipway::store::{DeploymentState, Journal};
-use std::process::Command;
 use std::time::Duration;
 
 use support::quickstart::*;
@@ -64,25 +62,8 @@ fn backup_while_running_then_restore_onto_an_empty_state_dir_redeploys_with_hist
     assert!(serves(q.production, "1.1.0"));
     // So is a second agent on the same state dir (it would kill the
     // first one's apps as orphans).
-    let mut second_agent = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(["agent", "-c", c])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = second_agent.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = second_agent.kill();
-            panic!("a second agent on the same state dir kept running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second_agent.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = q.agent().spawn().wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("in use by a running slipway (agent pid"),
         "{err}"

@@ -1,7 +1,6 @@
 //! The real `slipway` binary: plugin listing and inspection.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use support::slipway;
 

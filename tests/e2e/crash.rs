@@ -17,13 +17,12 @@
 //! version with a crash after transition N. Bakes are one check long and
 //! one release is kept, so every deployment has the same transitions.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
+use serde_json::json;
 use slipway::store::{Deployment, DeploymentState, Journal};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::quickstart::*;
 
@@ -31,17 +30,14 @@ use support::quickstart::*;
 const CRASH_EXIT: i32 = slipway::fault::CRASH_EXIT_CODE;
 
 /// The quickstart with one-check bakes, one kept release, and `-sick`
-/// versions that stay well in staging but are unhealthy at once in
-/// production (`HELLO_SICK_AFTER_MS`, see the example app).
+/// versions that stay well in staging but are unhealthy in production after
+/// `production_sick_after_ms` (`HELLO_SICK_AFTER_MS`, see the example app):
+/// "0" fails its gate at once; a delay longer than the bake lets it pass,
+/// and the guard catches it.
 struct Walk {
     q: Quickstart,
     name: &'static str,
-    /// Production's `HELLO_SICK_AFTER_MS`: "0" fails its gate at once; a
-    /// delay longer than the bake lets it pass, and the guard catches it.
-    production_sick_after_ms: &'static str,
 }
-
-const BAKE: &str = r#"interval = "100ms", healthy_after = 1, unhealthy_after = 1, bake = "100ms""#;
 
 impl Walk {
     fn new(name: &'static str) -> Self {
@@ -49,52 +45,25 @@ impl Walk {
     }
 
     fn with_sick_after(name: &'static str, production_sick_after_ms: &'static str) -> Self {
-        let walk = Self {
-            q: Quickstart::new(),
-            name,
-            production_sick_after_ms,
-        };
-        let text = walk.text("1.0.0");
-        assert_eq!(
-            (
-                text.matches(BAKE).count(),
-                text.matches("HELLO_SICK").count(),
-                text.matches("keep_releases = 1").count()
-            ),
-            (2, 2, 1),
-            "the quickstart config changed shape:\n{text}"
-        );
-        walk
-    }
-
-    fn text(&self, version: &str) -> String {
-        let (s, p) = (self.q.staging, self.q.production);
-        self.q
-            .config_text(version)
-            .replace(
-                r#"interval = "500ms", healthy_after = 2, bake = "1s""#,
-                BAKE,
-            )
-            .replace(
-                r#"interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s""#,
-                BAKE,
-            )
-            .replace("keep_releases = 2", "keep_releases = 1")
-            .replace(
-                &format!(r#"PORT = "{s}" }}"#),
-                &format!(r#"PORT = "{s}", HELLO_SICK_AFTER_MS = "3600000" }}"#),
-            )
-            .replace(
-                &format!(r#"PORT = "{p}" }}"#),
-                &format!(
-                    r#"PORT = "{p}", HELLO_SICK_AFTER_MS = "{}" }}"#,
-                    self.production_sick_after_ms
-                ),
-            )
+        let mut q = Quickstart::new();
+        q.hello().keep_releases = Some(1);
+        for (env, sick_after) in [
+            ("staging", "3600000"),
+            ("production", production_sick_after_ms),
+        ] {
+            let env = q.hello().env_mut(env);
+            env.run.as_mut().unwrap()["env"]["HELLO_SICK_AFTER_MS"] = json!(sick_after);
+            let health = env.health.as_mut().unwrap();
+            *health = health
+                .clone()
+                .health("100ms", 1, "100ms")
+                .unhealthy_after(1);
+        }
+        Self { q, name }
     }
 
     fn set_version(&self, version: &str) {
-        self.q.save(&self.text(version));
+        self.q.write_config(version);
     }
 
     fn journal(&self) -> Journal {
@@ -105,32 +74,13 @@ impl Walk {
         self.q.dir.path().join("state/releases")
     }
 
-    /// The agent; `fault`: `None` for a normal one, `Some(None)` to count
-    /// transitions, `Some(Some(n))` to crash after transition n.
-    fn start(&self, fault: Option<Option<u64>>) -> Agent {
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = self
-            .q
-            .dir
-            .path()
-            .join(format!("agent-{}-{n}.log", self.name));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slipway"));
-        cmd.args(["agent", "-c"])
-            .arg(self.q.config())
-            .env_remove(slipway::fault::ENABLE_VAR)
-            .env_remove(slipway::fault::CRASH_VAR)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(crash) = fault {
-            cmd.env(slipway::fault::ENABLE_VAR, "1");
-            if let Some(n) = crash {
-                cmd.env(slipway::fault::CRASH_VAR, n.to_string());
-            }
-        }
-        Agent {
-            child: cmd.spawn().expect("starting the agent"),
-            log,
+    /// The agent; `fault`: `None` for a normal one, `Fault::Count` to
+    /// count transitions, `Fault::CrashAfter(n)` to crash after transition n.
+    fn start(&self, fault: Option<Fault>) -> Agent {
+        let agent = self.q.agent().log_name(&format!("agent-{}", self.name));
+        match fault {
+            Some(fault) => agent.fault(fault).spawn(),
+            None => agent.spawn(),
         }
     }
 
@@ -147,7 +97,7 @@ impl Walk {
     /// the ops in commit order.
     fn count(&self, version: &str, outcome: &Outcome) -> Vec<String> {
         self.set_version(version);
-        let agent = self.start(Some(None));
+        let agent = self.start(Some(Fault::Count));
         settle(self, &agent, version, outcome, "without a crash");
         // Stopped before reading: what follows the end (pruning) is in.
         let log = agent.log.clone();
@@ -225,7 +175,7 @@ fn walk(
 /// Start the agent set to crash after its transition `n`, which must be
 /// `op`; wait for the crash. Returns its log.
 fn crash_after(w: &Walk, n: usize, op: &str, at: &str) -> String {
-    let mut agent = w.start(Some(Some(n as u64)));
+    let mut agent = w.start(Some(Fault::CrashAfter(n as u64)));
     let status = wait_exit(&mut agent, Duration::from_secs(120))
         .unwrap_or_else(|| panic!("{at}: the agent did not exit\n{}", agent.log()));
     let log = agent.log();
@@ -636,7 +586,7 @@ fn a_crash_after_any_transition_of_a_health_guard_rollback_recovers() {
 #[test]
 fn a_release_left_for_a_person_stays_in_place_across_a_restart() {
     let mut w = Walk::new("stop");
-    w.q.production_extra = r#"on_failure = "stop""#.into();
+    w.q.production_env().on_failure = Some("stop".into());
     let good = w.deploy("1.0.0");
     assert_eq!(good.state, DeploymentState::Succeeded, "{:?}", good.reason);
     let failed = w.deploy("1.4.0-sick");

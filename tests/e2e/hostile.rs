@@ -7,30 +7,25 @@
 //! journal already held was lost, and that the agent recovers once the
 //! condition is gone.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use sha2::{Digest, Sha256};
 use slipway::store::DeploymentState;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use support::http::{HttpServer, Reply};
 use support::quickstart::*;
 
 /// The quickstart with a one-second production bake (the default five
 /// seconds only make these tests slower).
 fn quick() -> Quickstart {
     let mut q = Quickstart::new();
-    q.production_health = Some(format!(
-        r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{}/healthz" }}, interval = "300ms", healthy_after = 2, unhealthy_after = 2, bake = "1s" }}"#,
-        q.production
-    ));
+    let health = q.production_env().health.as_mut().unwrap();
+    *health = health.clone().health("300ms", 2, "1s");
     q.write_config("1.0.0");
     q
 }
@@ -65,32 +60,11 @@ fn assert_kept(q: &Quickstart, before: &[String]) {
     }
 }
 
+/// How long an agent that should refuse to start may take to exit.
+const EXIT_WAIT: Duration = Duration::from_secs(60);
+
 fn assert_no_panic(log: &str) {
     assert!(!log.contains("panicked at"), "the agent panicked:\n{log}");
-}
-
-/// The agent with its own command line tweaks (another user, a piped
-/// stderr); its log goes to `NAME.log` in the quickstart dir.
-fn spawn_agent(q: &Quickstart, name: &str, setup: impl FnOnce(&mut Command)) -> Agent {
-    spawn_agent_from(q, Path::new(env!("CARGO_BIN_EXE_slipway")), name, setup)
-}
-
-/// [`spawn_agent`] with the binary at `program`.
-fn spawn_agent_from(
-    q: &Quickstart,
-    program: &Path,
-    name: &str,
-    setup: impl FnOnce(&mut Command),
-) -> Agent {
-    let log = q.dir.path().join(format!("{name}.log"));
-    let mut cmd = Command::new(program);
-    cmd.args(["agent", "-c"])
-        .arg(q.config())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    setup(&mut cmd);
-    let child = cmd.spawn().expect("starting the agent");
-    Agent { child, log }
 }
 
 /// Start the agent normally (nothing hostile left) and wait until
@@ -106,18 +80,6 @@ fn comes_back(q: &Quickstart, before: &[String]) -> Agent {
     assert_kept(q, before);
     assert_no_panic(&agent.log());
     agent
-}
-
-/// Wait for an agent that should refuse to start: (exit code, its log).
-fn run_to_exit(mut agent: Agent) -> (i32, String) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Some(status) = agent.child.try_wait().unwrap() {
-            return (status.code().unwrap_or(-1), agent.log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the agent did not exit\n{}", agent.log());
 }
 
 fn first_deploy(q: &Quickstart, agent: &Agent) -> slipway::store::Deployment {
@@ -175,7 +137,7 @@ fn run_cli(q: &Quickstart, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn state_dir_not_writable_at_start_is_refused_with_the_dir_and_user() {
-    let q = quick();
+    let mut q = quick();
     let agent = q.start_agent();
     first_deploy(&q, &agent);
     agent.terminate();
@@ -191,10 +153,15 @@ fn state_dir_not_writable_at_start_is_refused_with_the_dir_and_user() {
         let program = q.dir.path().join("slipway");
         std::fs::copy(env!("CARGO_BIN_EXE_slipway"), &program).unwrap();
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let agent = spawn_agent_from(&q, &program, "as-nobody", |c| {
-            c.uid(65534).gid(65534);
-        });
-        let (code, log) = run_to_exit(agent);
+        let agent = q
+            .agent()
+            .program(&program)
+            .log_name("as-nobody")
+            .with(|c| {
+                c.uid(65534).gid(65534);
+            })
+            .spawn();
+        let (code, log) = agent.wait_exit(EXIT_WAIT);
         (
             code,
             log,
@@ -208,11 +175,10 @@ fn state_dir_not_writable_at_start_is_refused_with_the_dir_and_user() {
         let parent = q.dir.path().join("read-only");
         std::fs::create_dir(&parent).unwrap();
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o500)).unwrap();
-        q.save(
-            &q.config_text("1.0.0")
-                .replace(r#"state_dir = "state""#, r#"state_dir = "read-only/state""#),
-        );
-        let (code, log) = run_to_exit(q.start_agent());
+        q.config.state_dir = "read-only/state".into();
+        q.write_config("1.0.0");
+        q.config.state_dir = "state".into();
+        let (code, log) = q.start_agent().wait_exit(EXIT_WAIT);
         q.write_config("1.0.0");
         assert!(log.contains("read-only/state"), "{log}");
         (code, log, "cannot create the state dir".to_string())
@@ -258,9 +224,13 @@ fn journal_writes_failing_on_a_full_disk_start_nothing_and_lose_nothing() {
     let mut q = quick();
     // The agent's log goes through a pipe, which no file size limit stops.
     let log = q.dir.path().join("disk-full.log");
-    let mut agent = spawn_agent(&q, "disk-full", |c| {
-        c.stderr(Stdio::piped());
-    });
+    let mut agent = q
+        .agent()
+        .with(|c| {
+            c.stderr(Stdio::piped());
+        })
+        .spawn();
+    agent.log = log.clone();
     let mut stderr = agent.child.stderr.take().unwrap();
     let mut file = std::fs::File::create(&log).unwrap();
     let copier = std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
@@ -340,7 +310,7 @@ fn journal_writes_failing_on_a_full_disk_start_nothing_and_lose_nothing() {
     // The disk fills in the middle of a deployment: 1.2.0 has passed
     // staging and waits at production's manual gate; approving it needs a
     // journal write first, which fails, so production is never touched.
-    q.production_extra = r#"promote = "manual""#.into();
+    q.production_env().promote = Some("manual".into());
     q.write_config("1.2.0");
     wait_for("the manual gate", &agent, Duration::from_secs(60), || {
         agent.log().contains("waiting for approval")
@@ -448,7 +418,7 @@ fn a_damaged_journal_stops_the_agent_and_a_backup_restores_it() {
         ("pages", &middle, "is not a usable Slipway journal"),
     ] {
         std::fs::write(&db, bytes).unwrap();
-        let (code, log) = run_to_exit(q.start_agent());
+        let (code, log) = q.start_agent().wait_exit(EXIT_WAIT);
         assert_eq!(code, 1, "damaged {damage}:\n{log}");
         assert!(log.contains(&db.display().to_string()), "{log}");
         assert!(
@@ -551,10 +521,7 @@ fn a_missing_app_binary_is_named_and_never_trusted_for_a_rollback() {
     let mut q = quick();
     // The health guard waits 8 failed checks (2.4 s), so the supervisor's
     // first restart (after 0.5 s) is logged before it acts.
-    q.production_health = Some(format!(
-        r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{}/healthz" }}, interval = "300ms", healthy_after = 2, unhealthy_after = 8, bake = "1s" }}"#,
-        q.production
-    ));
+    q.production_env().health.as_mut().unwrap().unhealthy_after = Some(8);
     q.write_config("1.0.0");
     let agent = q.start_agent();
     let first = first_deploy(&q, &agent);
@@ -670,50 +637,16 @@ fn a_missing_app_binary_is_named_and_never_trusted_for_a_rollback() {
 }
 
 /// Someone else's server on a port: answers every request with 503.
-struct Squatter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Squatter {
-    fn on(port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            use std::io::Write;
-            while !flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(
-                            b"HTTP/1.1 503 X\r\ncontent-length: 8\r\nconnection: close\r\n\r\nsquatter",
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Squatter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn squatter(port: u16) -> HttpServer {
+    HttpServer::scripted()
+        .otherwise(|_, _| Reply::new(503, "squatter"))
+        .start_on(port)
 }
 
 #[test]
 fn a_port_already_in_use_fails_the_gate_with_the_apps_own_words() {
     let q = quick();
-    let squatter = Squatter::on(q.staging);
+    let squatter = squatter(q.staging);
     let agent = q.start_agent();
     let d = wait_deployment_end(&q, &agent, "1.0.0");
     let reason = d.reason.clone().unwrap_or_default();
@@ -765,14 +698,14 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     let other = support::wasm("slipway_plugin_tcp_check");
     std::fs::copy(&good, &probe).unwrap();
     let (good_sha, other_sha) = (sha256_hex(&good), sha256_hex(&other));
-    let pinned = format!(
-        "[plugins.probe]\nsource = \"plugins/probe.wasm\"\nsha256 = \"{good_sha}\"\ngrants = {{ http = [\"127.0.0.1:*\"] }}\n"
+    let mut pinned = PluginDef::new(
+        "probe",
+        "plugins/probe.wasm",
+        serde_json::json!({ "http": ["127.0.0.1:*"] }),
     );
-    q.plugins_extra = pinned.clone();
-    q.staging_smoke = Some(format!(
-        r#"{{ plugin = "probe", params = {{ url = "http://127.0.0.1:{}/", retries = 30, retry_delay_ms = 100 }} }}"#,
-        q.staging
-    ));
+    pinned.sha256 = Some(good_sha.clone());
+    q.config.plugins.push(pinned);
+    q.staging_env().smoke.as_mut().unwrap().plugin = "probe".into();
     q.write_config("1.0.0");
     let agent = q.start_agent();
     first_deploy(&q, &agent);
@@ -797,7 +730,7 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     );
     assert!(serves(q.production, "1.0.0") && serves(q.staging, "1.0.0"));
     agent.terminate();
-    let (code, log) = run_to_exit(q.start_agent());
+    let (code, log) = q.start_agent().wait_exit(EXIT_WAIT);
     assert_eq!(code, 2, "a config error:\n{log}");
     assert!(log.contains(&mismatch), "{mismatch}\n{log}");
     assert!(log.contains("slipway.toml"), "names the config file: {log}");
@@ -807,7 +740,7 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     // The right file back: the agent starts. Unpinned, a file swapped while
     // a deployment runs does not change the plugin that deployment uses.
     replace_file(&good, &probe);
-    q.plugins_extra = pinned.replace(&format!("sha256 = \"{good_sha}\"\n"), "");
+    q.config.plugin_mut("probe").sha256 = None;
     q.write_config("1.0.0");
     let agent = q.start_agent();
     wait_for(
@@ -818,11 +751,11 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     );
     // 1.1.0 passes staging and waits at production's gate; production's
     // health bake uses the probe too. The file is swapped while it waits.
-    q.production_extra = r#"promote = "manual""#.into();
-    q.production_health = Some(format!(
-        r#"{{ plugin = "probe", params = {{ url = "http://127.0.0.1:{}/healthz" }}, interval = "300ms", healthy_after = 2, bake = "1s" }}"#,
-        q.production
-    ));
+    let production = q.production_env();
+    production.promote = Some("manual".into());
+    let health = production.health.as_mut().unwrap();
+    health.plugin = "probe".into();
+    health.unhealthy_after = None;
     q.write_config("1.1.0");
     wait_for("the manual gate", &agent, Duration::from_secs(60), || {
         agent.log().contains("waiting for approval")
@@ -860,7 +793,7 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     assert!(serves(q.production, "1.1.0"));
     assert_no_panic(&log);
     agent.terminate();
-    let (code, log) = run_to_exit(q.start_agent());
+    let (code, log) = q.start_agent().wait_exit(EXIT_WAIT);
     assert_eq!(code, 2, "{log}");
     assert!(log.contains(misfit), "{misfit}\n{log}");
     assert!(log.contains("slipway.toml:"), "{log}");

@@ -4,8 +4,7 @@
 //! the same http grants as Rust plugins, show their schemas in `slipway
 //! plugins inspect`, and load from the compile cache when the agent restarts.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use serde_json::json;
 use slipway::runtime::{Health, LogLine, Plugin, Source, StepError, StepKind, StepValue};
@@ -16,39 +15,34 @@ use support::examples::{js_health, python_smoke};
 use support::quickstart::*;
 use support::{HttpServer, Step, closed_port, load_file, patterns, runtime, slipway};
 
-/// `[plugins.py-smoke]` and `[plugins.js-health]` from the built components,
-/// each granted only its own environment's port.
-fn language_plugins(q: &Quickstart) -> String {
-    format!(
-        r#"
-[plugins.py-smoke]
-source = "{py}"
-grants = {{ http = ["127.0.0.1:{s}"] }}
-
-[plugins.js-health]
-source = "{js}"
-grants = {{ http = ["127.0.0.1:{p}"] }}
-"#,
-        py = python_smoke().display(),
-        js = js_health().display(),
-        s = q.staging,
-        p = q.production,
-    )
-}
-
 /// The quickstart with python-smoke as staging's smoke test and js-health as
-/// production's health check.
+/// production's health check, each plugin built from `examples/plugins/` by
+/// its own build script and granted only its own environment's port.
 fn quickstart_in_python_and_js() -> Quickstart {
     let mut q = Quickstart::new();
-    q.plugins_extra = language_plugins(&q);
-    q.staging_smoke = Some(format!(
-        r#"{{ plugin = "py-smoke", params = {{ url = "http://127.0.0.1:{}/", expect_body = "hello from", retries = 40, retry_delay_ms = 100 }} }}"#,
-        q.staging
+    let (s, p) = (q.staging, q.production);
+    q.config.plugins.push(PluginDef::new(
+        "py-smoke",
+        python_smoke().to_str().unwrap(),
+        json!({ "http": [format!("127.0.0.1:{s}")] }),
     ));
-    q.production_health = Some(format!(
-        r#"{{ plugin = "js-health", params = {{ url = "http://127.0.0.1:{}/healthz", expect_body = "ok" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "6s" }}"#,
-        q.production
+    q.config.plugins.push(PluginDef::new(
+        "js-health",
+        js_health().to_str().unwrap(),
+        json!({ "http": [format!("127.0.0.1:{p}")] }),
     ));
+    q.staging_env().smoke = Some(StepConfig::new(
+        "py-smoke",
+        json!({ "url": format!("http://127.0.0.1:{s}/"), "expect_body": "hello from", "retries": 40, "retry_delay_ms": 100 }),
+    ));
+    q.production_env().health = Some(
+        StepConfig::new(
+            "js-health",
+            json!({ "url": format!("http://127.0.0.1:{p}/healthz"), "expect_body": "ok" }),
+        )
+        .health("500ms", 2, "6s")
+        .unhealthy_after(2),
+    );
     q.write_config("1.0.0");
     q
 }
@@ -367,7 +361,10 @@ fn plugins_inspect_shows_the_python_and_js_schemas() {
 #[test]
 fn a_config_with_bad_params_for_a_python_plugin_is_rejected_with_its_place() {
     let mut q = quickstart_in_python_and_js();
-    q.staging_smoke = Some(r#"{ plugin = "py-smoke", params = { url = "http://127.0.0.1:1/", expect_status = "200" } }"#.into());
+    q.staging_env().smoke = Some(StepConfig::new(
+        "py-smoke",
+        json!({ "url": "http://127.0.0.1:1/", "expect_status": "200" }),
+    ));
     q.write_config("1.0.0");
     let config = q.config();
     let (code, _, err) = slipway(&["validate", "-c", config.to_str().unwrap()]);

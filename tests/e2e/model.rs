@@ -29,8 +29,7 @@
 //! count); a failing case is saved in `model.proptest-regressions` beside
 //! this file and replayed first by every later run.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, TestRunner};

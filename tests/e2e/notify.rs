@@ -3,8 +3,7 @@
 //! single step through the runtime, then from the `slipway` agent deploying
 //! the quickstart, where a receiver that is down must not fail anything.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use slipway::runtime::{
@@ -12,120 +11,35 @@ use slipway::runtime::{
 };
 use slipway::store::DeploymentState;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::http::{HttpServer, Reply};
 use support::quickstart::*;
 use support::{closed_port, load_builtin, patterns, runtime};
-
-/// One request the receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    /// Lower-case names.
-    headers: BTreeMap<String, String>,
-    body: String,
-}
 
 /// A webhook receiver on 127.0.0.1 that records every request. Routes:
 /// `/hook` 204; `/fail` 500; `/flaky` 503 twice, then 204; `/denied` 401
 /// with the `authorization` header it got echoed in the body; `/hang`
 /// answers after two minutes.
-struct Receiver {
-    port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        let flaky = Arc::new(AtomicUsize::new(0));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (log, flaky) = (log.clone(), flaky.clone());
-                std::thread::spawn(move || receive(stream, &log, &flaky));
+fn receiver() -> HttpServer {
+    HttpServer::scripted()
+        .fixed("/hook", 204, "")
+        .fixed("/fail", 500, "receiver down")
+        .route("/flaky", |_, n| {
+            if n < 2 {
+                Reply::new(503, "warming up")
+            } else {
+                Reply::new(204, "")
             }
-        });
-        Self { port, received }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn received(&self, path: &str) -> Vec<Received> {
-        let all = self.received.lock().unwrap();
-        all.iter().filter(|r| r.path == path).cloned().collect()
-    }
-
-    /// The JSON bodies posted to `path`, in arrival order.
-    fn events(&self, path: &str) -> Vec<Value> {
-        self.received(path)
-            .iter()
-            .map(|r| serde_json::from_str(&r.body).expect("a JSON body"))
-            .collect()
-    }
-}
-
-fn receive(stream: TcpStream, log: &Mutex<Vec<Received>>, flaky: &AtomicUsize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or("/").to_string();
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let auth = headers.get("authorization").cloned().unwrap_or_default();
-    log.lock().unwrap().push(Received {
-        method,
-        path: path.clone(),
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    });
-    let (status, answer) = match path.as_str() {
-        "/hook" => (204, String::new()),
-        "/fail" => (500, "receiver down".to_string()),
-        "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "warming up".to_string()),
-        "/flaky" => (204, String::new()),
-        "/denied" => (401, format!("bad token: {auth}")),
-        "/hang" => {
-            std::thread::sleep(Duration::from_secs(120));
-            (204, String::new())
-        }
-        _ => (404, "no such hook".to_string()),
-    };
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-        answer.len()
-    );
+        })
+        .route("/denied", |r, _| {
+            Reply::new(401, format!("bad token: {}", r.header("authorization")))
+        })
+        .route("/hang", |_, _| {
+            Reply::new(204, "").after(Duration::from_secs(120))
+        })
+        .otherwise(|_, _| Reply::new(404, "no such hook"))
+        .start()
 }
 
 fn event(environment: Option<&str>) -> Event {
@@ -181,7 +95,7 @@ async fn webhook_posts_the_event_as_json_with_its_headers() {
     let rt = runtime();
     let plugin = load_builtin(&rt, "webhook").await;
     assert!(plugin.implements(StepKind::Notify));
-    let receiver = Receiver::start();
+    let receiver = receiver();
     let request = with_secret(
         notify(
             event(Some("production")),
@@ -240,7 +154,7 @@ async fn webhook_posts_the_event_as_json_with_its_headers() {
 async fn webhook_retries_server_errors_but_not_a_refusal() {
     let rt = runtime();
     let plugin = load_builtin(&rt, "webhook").await;
-    let receiver = Receiver::start();
+    let receiver = receiver();
     let quick = |path: &str, retries: u32| json!({ "url": receiver.url(path), "retries": retries, "retry_delay_ms": 10 });
 
     // 503, 503, then 204: two retries are enough.
@@ -286,7 +200,7 @@ async fn webhook_retries_server_errors_but_not_a_refusal() {
 async fn webhook_failures_say_what_went_wrong() {
     let rt = runtime();
     let plugin = load_builtin(&rt, "webhook").await;
-    let receiver = Receiver::start();
+    let receiver = receiver();
 
     let closed = format!("http://127.0.0.1:{}/hook", closed_port());
     let params = json!({ "url": closed, "retries": 1, "retry_delay_ms": 10 });
@@ -337,28 +251,38 @@ async fn webhook_failures_say_what_went_wrong() {
 /// The quickstart with notify steps: one receiver that answers (and wants
 /// a bearer token from a secret file), one that is down, one that answers
 /// 500.
-fn config_with_hooks(q: &Quickstart, version: &str, receiver: &Receiver) -> String {
+/// The quickstart at `version`, posting its events to three receivers:
+/// one that answers (with a token from a secret file), one that is down,
+/// and one that fails.
+fn config_with_hooks(q: &Quickstart, version: &str, receiver: &HttpServer) -> String {
     use std::os::unix::fs::PermissionsExt;
     let token = q.dir.path().join("hook-token");
     std::fs::write(&token, "t0ken-from-a-file\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let down = format!("http://127.0.0.1:{}/hook", closed_port());
-    let notify = format!(
-        r#"notify = [
-  {{ plugin = "webhook", params = {{ url = "{hook}", secret_header = {{ name = "Authorization", secret = "hook-token", prefix = "Bearer " }} }} }},
-  {{ plugin = "webhook", params = {{ url = "{down}", retries = 0 }} }},
-  {{ plugin = "webhook", params = {{ url = "{fail}", retries = 1, retry_delay_ms = 50 }} }},
-]
-"#,
-        hook = receiver.url("/hook"),
-        fail = receiver.url("/fail"),
-    );
-    q.config_text(version)
-        .replace(
-            "[plugins.http-check]",
-            "[secrets.hook-token]\nfile = \"hook-token\"\n\n[plugins.webhook]\nsource = \"builtin:webhook\"\ngrants = { http = [\"127.0.0.1:*\"], secrets = [\"hook-token\"] }\n\n[plugins.http-check]",
-        )
-        .replace("keep_releases = 2\n", &format!("keep_releases = 2\n{notify}"))
+    let mut config = q.config.clone();
+    config
+        .secrets
+        .push(("hook-token".into(), json!({ "file": "hook-token" })));
+    config.plugins.push(PluginDef::new(
+        "webhook",
+        "builtin:webhook",
+        json!({ "http": ["127.0.0.1:*"], "secrets": ["hook-token"] }),
+    ));
+    let app = config.app_mut("hello");
+    app.version = version.into();
+    app.notify = vec![
+        StepConfig::new(
+            "webhook",
+            json!({ "url": receiver.url("/hook"), "secret_header": { "name": "Authorization", "secret": "hook-token", "prefix": "Bearer " } }),
+        ),
+        StepConfig::new("webhook", json!({ "url": down, "retries": 0 })),
+        StepConfig::new(
+            "webhook",
+            json!({ "url": receiver.url("/fail"), "retries": 1, "retry_delay_ms": 50 }),
+        ),
+    ];
+    config.render()
 }
 
 fn states(events: &[Value]) -> Vec<(String, Option<String>)> {
@@ -376,7 +300,7 @@ fn states(events: &[Value]) -> Vec<(String, Option<String>)> {
 #[test]
 fn an_agent_tells_webhooks_of_each_deployment_and_a_receiver_down_fails_nothing() {
     let q = Quickstart::new();
-    let receiver = Receiver::start();
+    let receiver = receiver();
     q.save(&config_with_hooks(&q, "1.0.0", &receiver));
     let agent = q.start_agent();
 
@@ -386,9 +310,9 @@ fn an_agent_tells_webhooks_of_each_deployment_and_a_receiver_down_fails_nothing(
         "4 events at the receiver",
         &agent,
         Duration::from_secs(30),
-        || receiver.events("/hook").len() >= 4,
+        || receiver.json_bodies("/hook").len() >= 4,
     );
-    let events = receiver.events("/hook");
+    let events = receiver.json_bodies("/hook");
     let s = |state: &str, env: Option<&str>| (state.to_string(), env.map(str::to_string));
     assert_eq!(
         states(&events),
@@ -464,9 +388,9 @@ fn an_agent_tells_webhooks_of_each_deployment_and_a_receiver_down_fails_nothing(
         "the rollback event",
         &agent,
         Duration::from_secs(30),
-        || receiver.events("/hook").len() >= 6,
+        || receiver.json_bodies("/hook").len() >= 6,
     );
-    let events = &receiver.events("/hook")[4..];
+    let events = &receiver.json_bodies("/hook")[4..];
     assert_eq!(
         states(events),
         [s("started", None), s("rolled-back", Some("staging"))],
@@ -485,7 +409,7 @@ fn an_agent_tells_webhooks_of_each_deployment_and_a_receiver_down_fails_nothing(
 #[test]
 fn a_notify_step_must_use_a_plugin_that_implements_notify() {
     let q = Quickstart::new();
-    let receiver = Receiver::start();
+    let receiver = receiver();
     let validate = || {
         let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(["validate", "-c"])
@@ -503,13 +427,10 @@ fn a_notify_step_must_use_a_plugin_that_implements_notify() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("warning"), "{err}");
 
-    let text = good.replacen(
-        "{ plugin = \"webhook\", params = { url",
-        "{ plugin = \"http-check\", params = { url",
-        1,
-    );
+    // The first receiver is posted to by a plugin that cannot notify.
+    let text = good.replacen("plugin = \"webhook\"", "plugin = \"http-check\"", 1);
     // The second receiver's params break the webhook schema.
-    let text = text.replace("retries = 0 }", "retries = 0, method = \"GET\" }");
+    let text = text.replace("retries = 0,", "retries = 0, method = \"GET\",");
     std::fs::write(q.config(), &text).unwrap();
     let (code, err) = validate();
     assert_eq!(code, Some(2), "{err}");
@@ -517,7 +438,7 @@ fn a_notify_step_must_use_a_plugin_that_implements_notify() {
     let file = q.config().display().to_string();
     let first = format!(
         "{file}:{}:3: [apps.hello] notify[0]: plugin `http-check` does not implement notify (it implements: health-check, smoke-test)",
-        line("plugin = \"http-check\", params = { url")
+        line("{ plugin = \"http-check\", params = { secret_header")
     );
     assert!(err.contains(&first), "missing {first:?} in:\n{err}");
     let second = format!("{file}:{}:", line("method = \"GET\""));
@@ -531,20 +452,18 @@ fn a_notify_step_must_use_a_plugin_that_implements_notify() {
 
 #[test]
 fn a_hanging_receiver_neither_holds_up_a_deployment_nor_the_agent_stop() {
-    let q = Quickstart::new();
-    let receiver = Receiver::start();
-    let notify = format!(
-        "notify = [{{ plugin = \"webhook\", params = {{ url = \"{}\", timeout_ms = 100000, retries = 0 }} }}]\n",
-        receiver.url("/hang")
-    );
-    let text = q
-        .config_text("1.0.0")
-        .replace(
-            "[plugins.http-check]",
-            "[plugins.webhook]\nsource = \"builtin:webhook\"\ngrants = { http = [\"127.0.0.1:*\"] }\n\n[plugins.http-check]",
-        )
-        .replace("keep_releases = 2\n", &format!("keep_releases = 2\n{notify}"));
-    q.save(&text);
+    let mut q = Quickstart::new();
+    let receiver = receiver();
+    q.config.plugins.push(PluginDef::new(
+        "webhook",
+        "builtin:webhook",
+        json!({ "http": ["127.0.0.1:*"] }),
+    ));
+    q.hello().notify = vec![StepConfig::new(
+        "webhook",
+        json!({ "url": receiver.url("/hang"), "timeout_ms": 100000, "retries": 0 }),
+    )];
+    q.write_config("1.0.0");
     let agent = q.start_agent();
     let first = wait_deployment_end(&q, &agent, "1.0.0");
     assert_succeeded(&first, &agent);
@@ -573,15 +492,11 @@ fn a_hanging_receiver_neither_holds_up_a_deployment_nor_the_agent_stop() {
 
 #[test]
 fn the_health_guards_rollback_after_promotion_is_told_too() {
-    let q = Quickstart::new();
-    let receiver = Receiver::start();
+    let mut q = Quickstart::new();
+    let receiver = receiver();
     // A production bake shorter than the time the sick version stays well.
-    let text = |version: &str| {
-        config_with_hooks(&q, version, &receiver).replace(
-            "unhealthy_after = 2, bake = \"5s\"",
-            "unhealthy_after = 2, bake = \"1s\"",
-        )
-    };
+    q.production_env().health.as_mut().unwrap().bake = Some("1s".into());
+    let text = |version: &str| config_with_hooks(&q, version, &receiver);
     q.save(&text("1.0.0"));
     let agent = q.start_agent();
     let first = wait_deployment_end(&q, &agent, "1.0.0");
@@ -602,7 +517,7 @@ fn the_health_guards_rollback_after_promotion_is_told_too() {
         Duration::from_secs(40),
         || {
             rollback = receiver
-                .events("/hook")
+                .json_bodies("/hook")
                 .into_iter()
                 .find(|e| e["state"] == "rolled-back" && e["environment"] == "production");
             rollback.is_some()

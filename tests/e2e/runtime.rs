@@ -2,8 +2,7 @@
 //! servers and commands, hostile plugins against the sandbox, API versions,
 //! and the compile cache.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
 use serde_json::json;
 use slipway::runtime::{
@@ -11,6 +10,7 @@ use slipway::runtime::{
     StepInput, StepKind, StepRequest, StepValue, Warm,
 };
 use std::time::{Duration, Instant};
+use support::http::Reply;
 use support::*;
 
 fn health(outcome: &slipway::runtime::StepOutcome) -> (Health, String) {
@@ -699,16 +699,8 @@ async fn a_warm_instance_is_reused_while_its_sandbox_is_the_same_and_dropped_aft
 /// (one table entry a check, for up to WARM_MAX_CALLS checks).
 #[tokio::test]
 async fn a_warm_http_check_holds_no_more_resources_after_many_checks() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/health", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = stream.read(&mut [0u8; 1024]);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
+    let server = HttpServer::scripted().fixed("/health", 200, "ok").start();
+    let url = server.url("/health");
     let rt = runtime();
     let plugin = load_builtin(&rt, "http-check").await;
     // Fewer resources than checks: one kept per check would hit it.
@@ -734,22 +726,14 @@ async fn a_warm_http_check_holds_no_more_resources_after_many_checks() {
 /// of the slots: the other environments' checks run fresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_beyond_the_instance_pool_wait_for_a_slot() {
-    use std::io::{Read, Write};
     // A server that answers after 200 ms, so every step holds its instance
     // while the others start.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/slow", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = stream.read(&mut [0u8; 1024]);
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            });
-        }
-    });
+    let server = HttpServer::scripted()
+        .route("/slow", |_, _| {
+            Reply::new(200, "ok").after(Duration::from_millis(200))
+        })
+        .start();
+    let url = server.url("/slow");
     let rt = Runtime::new(&RuntimeConfig {
         max_instances: 4,
         ..RuntimeConfig::default()

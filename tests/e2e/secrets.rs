@@ -5,15 +5,17 @@
 //! a secret file others can read and warns of a password written in the
 //! config.
 
-#[path = "../support/mod.rs"]
-mod support;
+use crate::support;
 
+use serde_json::json;
 use slipway::store::DeploymentState;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-use support::quickstart::{Agent, assert_succeeded, wait_for};
+use support::quickstart::{
+    Agent, AgentBuilder, App, Env, PluginDef, StepConfig, TestConfig, assert_succeeded, wait_for,
+};
 
 const DB_PASSWORD: &str = "pg-Secret-7f3a9c";
 const API_TOKEN: &str = "tok-Secret-5b1e2d";
@@ -52,35 +54,45 @@ impl Setup {
     }
 
     fn text(&self, version: &str) -> String {
-        r#"[agent]
-state_dir = "state"
-stop_grace = "2s"
-listen = "127.0.0.1:0"
-
-[secrets.db-password]
-file = "db-password"
-
-[secrets.api-token]
-env = "SLIPWAY_E2E_API_TOKEN"
-
-[plugins.migrate]
-source = "builtin:command"
-grants = { exec = ["sh"], secrets = ["db-password"] }
-
-[plugins.release]
-source = "builtin:command"
-grants = { exec = ["sh"], secrets = ["api-token"] }
-
-[apps.web]
-version = "VERSION"
-source = { path = "app" }
-build = { plugin = "migrate", params = { run = [["sh", "-c", 'echo "connecting with $PGPASSWORD"']], secret_env = { PGPASSWORD = "db-password" } } }
-
-[apps.web.environments.prod]
-deploy = { plugin = "release", params = { run = [["sh", "-c", 'echo "token $API_TOKEN"; echo "db $(cat SECRET_FILE)"; test -z "$PGPASSWORD"']], secret_env = { API_TOKEN = "api-token" } } }
-"#
-        .replace("VERSION", version)
-        .replace("SECRET_FILE", &self.secret_file().display().to_string())
+        let mut config = TestConfig::new();
+        config.stop_grace = Some("2s".into());
+        config.secrets = vec![
+            ("db-password".into(), json!({ "file": "db-password" })),
+            ("api-token".into(), json!({ "env": TOKEN_VAR })),
+        ];
+        config.plugins = vec![
+            PluginDef::new(
+                "migrate",
+                "builtin:command",
+                json!({ "exec": ["sh"], "secrets": ["db-password"] }),
+            ),
+            PluginDef::new(
+                "release",
+                "builtin:command",
+                json!({ "exec": ["sh"], "secrets": ["api-token"] }),
+            ),
+        ];
+        let build = StepConfig::new(
+            "migrate",
+            json!({
+                "run": [["sh", "-c", r#"echo "connecting with $PGPASSWORD""#]],
+                "secret_env": { "PGPASSWORD": "db-password" },
+            }),
+        );
+        let deploy = format!(
+            r#"echo "token $API_TOKEN"; echo "db $(cat {})"; test -z "$PGPASSWORD""#,
+            self.secret_file().display()
+        );
+        let mut prod = Env::new("prod");
+        prod.deploy = Some(StepConfig::new(
+            "release",
+            json!({ "run": [["sh", "-c", deploy]], "secret_env": { "API_TOKEN": "api-token" } }),
+        ));
+        config.apps.push(App {
+            environments: vec![prod],
+            ..App::new("web", version, build)
+        });
+        config.render()
     }
 
     fn save(&self, version: &str) {
@@ -90,16 +102,9 @@ deploy = { plugin = "release", params = { run = [["sh", "-c", 'echo "token $API_
     }
 
     fn start_agent(&self) -> Agent {
-        let log = self.dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(["agent", "-c"])
-            .arg(self.config())
+        AgentBuilder::new(&self.config())
             .env(TOKEN_VAR, API_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("starting the agent");
-        Agent { child, log }
     }
 
     fn validate(&self) -> (i32, String, String) {
@@ -232,8 +237,9 @@ fn granted_secrets_reach_the_commands_and_never_the_journal_or_the_log() {
         .unwrap();
     assert_eq!(latest[0].version, "1.0.0");
 
+    let log_file = agent.log.clone();
     agent.terminate();
-    let log = std::fs::read_to_string(s.dir.path().join("agent.log")).unwrap();
+    let log = std::fs::read_to_string(log_file).unwrap();
     assert!(
         log.contains("[REDACTED:db-password]") && log.contains("[REDACTED:api-token]"),
         "{log}"

@@ -1,19 +1,23 @@
-//! Shared pieces of the end-to-end tests: fixture plugins, real loopback
-//! servers, and step requests with a real release directory.
-#![allow(dead_code)]
+//! Shared pieces of the end-to-end tests: fixture plugins, the test agent
+//! (`agent`), the typed config (`config`), the scripted HTTP server
+//! (`http`), the quickstart under a real agent (`quickstart`), and step
+//! requests with a real release directory.
 
+pub mod agent;
+pub mod config;
 pub mod examples;
+pub mod http;
 pub mod quickstart;
+
+pub use http::HttpServer;
 
 use slipway::runtime::{
     DirGrant, Grants, HostPattern, Limits, Plugin, PluginSource, Redactor, ReleaseRef, Runtime,
     RuntimeConfig, StepContext, StepInput, StepKind, StepLabels, StepOutcome, StepRequest, builtin,
 };
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -131,69 +135,6 @@ impl Step {
     pub async fn run(&self, plugin: &Plugin) -> StepOutcome {
         plugin.run(&self.request).await
     }
-}
-
-/// A real HTTP/1.1 server on 127.0.0.1 with a few fixed routes:
-/// `/ok` 200 "hello world", `/fail` 500, `/flaky` 503 for the first two
-/// requests then 200, `/big` a 2 MB body. Counts requests.
-pub struct HttpServer {
-    pub port: u16,
-    pub hits: Arc<AtomicUsize>,
-}
-
-impl HttpServer {
-    pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        let flaky = Arc::new(AtomicUsize::new(0));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let flaky = flaky.clone();
-                std::thread::spawn(move || serve(stream, &flaky));
-            }
-        });
-        Self { port, hits }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-fn serve(stream: TcpStream, flaky: &AtomicUsize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-    }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_string();
-    let (status, body) = match path.as_str() {
-        "/ok" => (200, "hello world".to_string()),
-        "/fail" => (500, "broken".to_string()),
-        "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 2 => (503, "warming up".to_string()),
-        "/flaky" => (200, "warm".to_string()),
-        "/big" => (200, "z".repeat(2 << 20)),
-        _ => (404, "not found".to_string()),
-    };
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
 }
 
 /// A port on 127.0.0.1 that nothing listens on.

@@ -2,30 +2,23 @@
 //! temp dir with free ports and short bakes, the `slipway` binary running
 //! it, and the waits the end-to-end tests share.
 
+pub use super::agent::{Agent, AgentBuilder, Fault, libc_kill, wait_for};
+pub use super::config::{App, Env, PluginDef, StepConfig, TestConfig};
+use serde_json::json;
 use slipway::store::{DeploymentState, Journal};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A copy of the quickstart in a temp dir, with free ports and short bakes.
 pub struct Quickstart {
     pub dir: tempfile::TempDir,
     pub staging: u16,
     pub production: u16,
-    /// Extra lines for each environment's table, e.g. `promote = "manual"`.
-    pub staging_extra: String,
-    pub production_extra: String,
-    /// The command plugin's grants (default: run rustc).
-    pub command_grants: String,
-    /// Extra tables at the end of the file, e.g. `[plugins.NAME]` for a
-    /// plugin from a file (end each line with a newline).
-    pub plugins_extra: String,
-    /// Staging's `smoke` step and production's `health` step (the inline
-    /// table after `=`), in place of the http-check ones.
-    pub staging_smoke: Option<String>,
-    pub production_health: Option<String>,
+    /// What `write_config` writes (its version aside): change a field to
+    /// change the file.
+    pub config: TestConfig,
 }
 
 impl Quickstart {
@@ -39,16 +32,12 @@ impl Quickstart {
             app.join("src/main.rs"),
         )
         .unwrap();
+        let (staging, production) = (super::app_port(), super::app_port());
         let q = Self {
             dir,
-            staging: super::app_port(),
-            production: super::app_port(),
-            staging_extra: String::new(),
-            production_extra: String::new(),
-            command_grants: r#"{ exec = ["rustc"] }"#.into(),
-            plugins_extra: String::new(),
-            staging_smoke: None,
-            production_health: None,
+            staging,
+            production,
+            config: quickstart_config(staging, production),
         };
         q.write_config("1.0.0");
         q
@@ -58,53 +47,24 @@ impl Quickstart {
         self.dir.path().join("slipway.toml")
     }
 
+    /// The quickstart app's config.
+    pub fn hello(&mut self) -> &mut App {
+        self.config.app_mut("hello")
+    }
+
+    pub fn staging_env(&mut self) -> &mut Env {
+        self.hello().env_mut("staging")
+    }
+
+    pub fn production_env(&mut self) -> &mut Env {
+        self.hello().env_mut("production")
+    }
+
+    /// The config's text with the app at `version`.
     pub fn config_text(&self, version: &str) -> String {
-        let (s, p) = (self.staging, self.production);
-        let staging_smoke = self.staging_smoke.clone().unwrap_or_else(|| {
-            format!(r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/", retries = 30, retry_delay_ms = 100 }} }}"#)
-        });
-        let production_health = self.production_health.clone().unwrap_or_else(|| {
-            format!(r#"{{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/healthz" }}, interval = "500ms", healthy_after = 2, unhealthy_after = 2, bake = "5s" }}"#)
-        });
-        format!(
-            r#"[agent]
-state_dir = "state"
-stop_grace = "2s"
-listen = "127.0.0.1:0"
-
-[plugins.command]
-source = "builtin:command"
-timeout = "2m"
-grants = {cg}
-
-[plugins.http-check]
-source = "builtin:http-check"
-grants = {{ http = ["127.0.0.1:*"] }}
-
-[apps.hello]
-version = "{version}"
-source = {{ path = "app" }}
-keep_releases = 2
-build = {{ plugin = "command", params = {{ run = ["rustc --edition 2024 src/main.rs -o hello"] }} }}
-
-[apps.hello.environments.staging]
-run = {{ command = "./hello", env = {{ PORT = "{s}" }} }}
-smoke = {staging_smoke}
-health = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{s}/healthz" }}, interval = "500ms", healthy_after = 2, bake = "1s" }}
-{se}
-
-[apps.hello.environments.production]
-promote_from = "staging"
-run = {{ command = "./hello", env = {{ PORT = "{p}" }} }}
-smoke = {{ plugin = "http-check", params = {{ url = "http://127.0.0.1:{p}/", retries = 30, retry_delay_ms = 100 }} }}
-health = {production_health}
-{pe}
-{plugins_extra}"#,
-            plugins_extra = self.plugins_extra,
-            se = self.staging_extra,
-            pe = self.production_extra,
-            cg = self.command_grants,
-        )
+        let mut config = self.config.clone();
+        config.app_mut("hello").version = version.into();
+        config.render()
     }
 
     /// Save like an editor does: write a new file, rename it over the old.
@@ -118,61 +78,18 @@ health = {production_health}
         std::fs::rename(&tmp, self.config()).unwrap();
     }
 
-    pub fn start_agent(&self) -> Agent {
-        self.start_agent_with(&[])
+    /// An agent for this config, to adjust before `spawn`.
+    pub fn agent(&self) -> AgentBuilder {
+        AgentBuilder::new(&self.config())
     }
 
-    /// The agent with extra global arguments, e.g. `--log-format json`.
-    pub fn start_agent_with(&self, extra: &[&str]) -> Agent {
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = self.dir.path().join(format!("agent-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(extra)
-            .args(["agent", "-c"])
-            .arg(self.config())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting the agent");
-        Agent { child, log }
+    pub fn start_agent(&self) -> Agent {
+        self.agent().spawn()
     }
 
     pub fn journal(&self) -> Journal {
         Journal::open(&self.dir.path().join("state/journal.db")).unwrap()
     }
-}
-
-pub struct Agent {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Agent {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn terminate(mut self) {
-        unsafe { libc_kill(self.child.id() as i32, 15) };
-        let _ = self.child.wait();
-    }
-
-    pub fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    pub fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// GET a path from the app on `port`: (status, body), or None if down.
@@ -191,20 +108,6 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
         status,
         text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     ))
-}
-
-pub fn wait_for(what: &str, agent: &Agent, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "timed out waiting for {what}\n--- agent log ---\n{}",
-        agent.log()
-    );
 }
 
 pub fn serves(port: u16, version: &str) -> bool {
@@ -247,4 +150,53 @@ pub fn assert_succeeded(d: &slipway::store::Deployment, agent: &Agent) {
         d.reason,
         agent.log()
     );
+}
+
+/// The quickstart's build: compile the app with rustc.
+pub fn hello_build() -> StepConfig {
+    StepConfig::command(json!(["rustc --edition 2024 src/main.rs -o hello"]))
+}
+
+/// `examples/quickstart/slipway.toml` with the test's ports and short
+/// bakes: build with rustc, staging then production, each smoke-tested and
+/// health-checked by `http-check`.
+fn quickstart_config(s: u16, p: u16) -> TestConfig {
+    let smoke = |port: u16| {
+        StepConfig::new(
+            "http-check",
+            json!({ "url": format!("http://127.0.0.1:{port}/"), "retries": 30, "retry_delay_ms": 100 }),
+        )
+    };
+    let health = |port: u16| {
+        StepConfig::new(
+            "http-check",
+            json!({ "url": format!("http://127.0.0.1:{port}/healthz") }),
+        )
+    };
+    let mut staging = Env::hello("staging", s);
+    staging.smoke = Some(smoke(s));
+    staging.health = Some(health(s).health("500ms", 2, "1s"));
+    let mut production = Env::hello("production", p);
+    production.promote_from = Some("staging".into());
+    production.smoke = Some(smoke(p));
+    production.health = Some(health(p).health("500ms", 2, "5s").unhealthy_after(2));
+    let mut command = PluginDef::new("command", "builtin:command", json!({ "exec": ["rustc"] }));
+    command.timeout = Some("2m".into());
+    TestConfig {
+        stop_grace: Some("2s".into()),
+        plugins: vec![
+            command,
+            PluginDef::new(
+                "http-check",
+                "builtin:http-check",
+                json!({ "http": ["127.0.0.1:*"] }),
+            ),
+        ],
+        apps: vec![App {
+            keep_releases: Some(2),
+            environments: vec![staging, production],
+            ..App::new("hello", "1.0.0", hello_build())
+        }],
+        ..TestConfig::new()
+    }
 }
