@@ -2,8 +2,11 @@
 //!
 //! The agent knows every secret value it resolved; anything a plugin (or a
 //! program it ran) returns or logs passes through [`Redactor::redact`] before
-//! it is stored or printed. Matching is on the literal value, so a secret that
-//! a plugin transforms (base64, reversed) is not caught: grants are the real
+//! it is stored or printed. It matches each value as written and in the
+//! forms text takes on the way to a log: escaped for JSON (`--log-format
+//! json`) and for Rust's `{:?}`, percent-encoded (in a URL), and base64 (as
+//! in an HTTP Basic header). A value a plugin transforms any other way
+//! (reversed, hashed, split, encrypted) is not caught: grants are the real
 //! boundary, redaction is the safety net.
 
 use std::sync::Arc;
@@ -12,8 +15,40 @@ use std::sync::Arc;
 /// only the names.
 #[derive(Clone, Default, PartialEq)]
 pub struct Redactor {
-    /// (name, value), longest value first so overlapping secrets redact fully.
+    /// (name, a form of its value), longest first so overlapping secrets
+    /// redact fully.
     secrets: Arc<Vec<(String, String)>>,
+}
+
+/// The forms a value takes in text on its way to a log: as written, escaped
+/// for JSON and for `{:?}`, percent-encoded, base64. Deduplicated.
+fn forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let json = serde_json::to_string(value).expect("a string serializes");
+    let debug = format!("{value:?}");
+    let percent: String = value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let mut all = vec![
+        value.to_string(),
+        json[1..json.len() - 1].to_string(),
+        debug[1..debug.len() - 1].to_string(),
+        percent,
+        form,
+        base64::engine::general_purpose::STANDARD.encode(value),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(value),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+    ];
+    all.sort();
+    all.dedup();
+    all
 }
 
 impl std::fmt::Debug for Redactor {
@@ -31,6 +66,7 @@ impl Redactor {
         let mut secrets: Vec<_> = secrets
             .into_iter()
             .filter(|(_, v)| v.len() >= Self::MIN_LEN)
+            .flat_map(|(name, value)| forms(&value).into_iter().map(move |f| (name.clone(), f)))
             .collect();
         secrets.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         Self {
@@ -61,6 +97,34 @@ mod tests {
             shown.contains("db") && !shown.contains("hunter2"),
             "{shown}"
         );
+    }
+
+    /// A value with a quote, a backslash and a newline, as JSON logs,
+    /// `{:?}`, a URL and a Basic header carry it.
+    #[test]
+    fn redacts_the_escaped_and_encoded_forms_of_a_value() {
+        use base64::Engine as _;
+        let secret = "p@ss \"w\\rd\"\nline2";
+        let r = Redactor::new([("db".to_string(), secret.to_string())]);
+        let json =
+            serde_json::json!({ "message": format!("connecting with {secret}") }).to_string();
+        let debug = format!("{:?}", format!("pw={secret}"));
+        let url = format!(
+            "https://db.example/?pw={}",
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+        );
+        let basic = format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        );
+        for text in [json, debug, url, basic, format!("multi\n{secret}\nlines")] {
+            let out = r.redact(&text);
+            assert!(out.contains("[REDACTED:db]"), "{text} -> {out}");
+            assert!(
+                !out.contains("w\\rd") && !out.contains("line2"),
+                "{text} -> {out}"
+            );
+        }
     }
 
     #[test]

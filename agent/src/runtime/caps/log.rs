@@ -99,7 +99,7 @@ impl StepLog {
         let message = self.redactor.redact(message);
         let fields: Vec<(String, String)> = fields
             .into_iter()
-            .map(|(k, v)| (k, self.redactor.redact(&v)))
+            .map(|(k, v)| (self.redactor.redact(&k), self.redactor.redact(&v)))
             .collect();
         self.emit(level, source, &message, &fields);
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -123,9 +123,10 @@ impl StepLog {
         self.push(level, Source::Plugin, message, fields);
     }
 
-    /// Record captured stdout/stderr, one line each.
+    /// Record captured stdout/stderr, one line each. Redacted whole first,
+    /// so a secret that spans lines is caught too.
     pub fn push_output(&self, source: Source, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
+        let text = self.redactor.redact(&String::from_utf8_lossy(bytes));
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             self.push(Level::Info, source, line, Vec::new());
         }
@@ -231,5 +232,32 @@ mod tests {
         let line = &log.lines()[0];
         assert_eq!(line.message, "token=[REDACTED:tok]");
         assert_eq!(line.fields[0].1, "x[REDACTED:tok]x");
+    }
+
+    /// A secret used as a field key, and one printed across two lines.
+    #[test]
+    fn redacts_field_keys_and_secrets_spanning_lines() {
+        let r = Redactor::new([
+            ("tok".to_string(), "hunter22".to_string()),
+            (
+                "pem".to_string(),
+                "-----BEGIN KEY-----\nMIIEabc".to_string(),
+            ),
+        ]);
+        let log = StepLog::new(StepLabels::default(), r, 1000);
+        log.push(
+            Level::Info,
+            Source::Plugin,
+            "keyed",
+            vec![("hunter22".into(), "v".into())],
+        );
+        log.push_output(
+            Source::Stdout,
+            b"key:\n-----BEGIN KEY-----\nMIIEabc\ndone\n",
+        );
+        let lines = log.lines();
+        assert_eq!(lines[0].fields[0].0, "[REDACTED:tok]");
+        let printed: Vec<&str> = lines[1..].iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(printed, ["key:", "[REDACTED:pem]", "done"], "{printed:?}");
     }
 }
