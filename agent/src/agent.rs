@@ -75,6 +75,15 @@ pub enum LockError {
         path: std::path::PathBuf,
         holder: String,
     },
+    /// Something else than a plain file is in the lock's place.
+    #[error(
+        "{} is {what}: refusing to use it as the state dir's lock (something other than slipway put it there; remove it)",
+        .path.display()
+    )]
+    NotAFile {
+        path: std::path::PathBuf,
+        what: &'static str,
+    },
     #[error("locking {}: {source}", .path.display())]
     Io {
         path: std::path::PathBuf,
@@ -100,14 +109,30 @@ impl StateLock {
         };
         // Opened close-on-exec (Rust's default), so the app processes the
         // agent starts do not inherit the lock and keep it after it exits.
+        // Never through a symlink: whoever can write the state dir could
+        // point `agent.lock` at any file, and `slipway restore` runs as
+        // root (audit finding).
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
-            .map_err(io)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => LockError::NotAFile {
+                    path: path.clone(),
+                    what: "a symlink",
+                },
+                _ => io(e),
+            })?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(LockError::NotAFile {
+                path,
+                what: "not a regular file",
+            });
+        }
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
             if error.raw_os_error() != Some(libc::EWOULDBLOCK) {

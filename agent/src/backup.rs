@@ -210,10 +210,20 @@ pub fn restore(config_file: &Path, from: &Path, force: bool) -> Result<String, B
 /// only (step logs are in it), then check the copy: what it holds is what
 /// the operator is told.
 fn copy_verified(source: &Journal, dest: &Path) -> Result<JournalSummary, BackupError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Made here, private and new (never through a symlink), so the copy
+    // goes into this file and no other.
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest)
+        .map_err(io(format!("creating {}", dest.display())))?;
     source.backup_to(dest)?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("restricting {} to its owner", dest.display())))?;
     let copy = Journal::open_read_only(dest)?;
     copy.check_integrity()?;
     Ok(copy.summary()?)
@@ -265,7 +275,8 @@ fn hand_over(path: &Path, state_dir: &Path) -> Result<(), BackupError> {
     if file.uid() == dir.uid() {
         return Ok(());
     }
-    std::os::unix::fs::chown(path, Some(dir.uid()), Some(dir.gid())).map_err(io(format!(
+    // lchown: a symlink planted in the dir is handed over, not its target.
+    std::os::unix::fs::lchown(path, Some(dir.uid()), Some(dir.gid())).map_err(io(format!(
         "giving {} to the state dir's owner (uid {}): run this as that user or as root",
         path.display(),
         dir.uid()

@@ -126,7 +126,14 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Allow a non-loopback `listen` (only behind a TLS proxy).
     pub allow_remote_api: bool,
+    /// The most a release unpacked from a URL source may hold, in bytes
+    /// (`max_release_mb`): a small archive must not fill the state dir's
+    /// disk (a 404 KB tar.gz can hold 400 MB of zeros).
+    pub max_release_bytes: u64,
 }
+
+/// `max_release_mb` when the config does not say: 4 GiB.
+pub const DEFAULT_MAX_RELEASE_MB: u64 = 4096;
 
 /// `[plugins.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -504,6 +511,55 @@ run = { command = "./web", env = { PORT = "8081" } }
             errors[3].contains("`interval`: `fast` is not a duration"),
             "{errors:#?}"
         );
+    }
+
+    /// A grant must not reach the agent's own files: its state dir, a dir
+    /// holding it, or one inside it (audit finding: `dirs_rw = [state_dir]`
+    /// validated).
+    #[test]
+    fn grants_that_reach_the_state_dir_are_errors() {
+        for (grant, why) in [
+            (
+                r#"dirs_rw = ["state"]"#,
+                "would give the plugin the agent's state dir",
+            ),
+            (
+                r#"dirs = ["."]"#,
+                "would give the plugin the agent's state dir",
+            ),
+            (
+                r#"dirs = ["/"]"#,
+                "would give the plugin the agent's state dir",
+            ),
+            (
+                r#"dirs_rw = ["state/cache"]"#,
+                "lies in the agent's state dir",
+            ),
+            (
+                r#"dirs = ["./state/../state/releases"]"#,
+                "lies in the agent's state dir",
+            ),
+        ] {
+            let text = format!(
+                "[agent]\nstate_dir = \"state\"\n{}",
+                GOOD.replace(
+                    r#"grants = { http = ["127.0.0.1:*"] }"#,
+                    &format!(r#"grants = {{ http = ["127.0.0.1:*"], {grant} }}"#)
+                )
+            );
+            let errors = parse(&text).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("6:") && e.contains(why)),
+                "{grant}: {errors:#?}"
+            );
+        }
+        let elsewhere = GOOD.replace(
+            r#"grants = { http = ["127.0.0.1:*"] }"#,
+            r#"grants = { http = ["127.0.0.1:*"], dirs = ["app"] }"#,
+        );
+        parse(&format!("[agent]\nstate_dir = \"state\"\n{elsewhere}")).unwrap();
     }
 
     #[test]

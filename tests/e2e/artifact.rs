@@ -108,3 +108,45 @@ fn a_url_source_is_downloaded_verified_built_and_a_wrong_checksum_deploys_nothin
     assert!(serves(q.staging, "1.1.0") && serves(q.production, "1.1.0"));
     assert_eq!(server.hits(), 2, "the download was reused");
 }
+
+/// A small archive that unpacks to more than `[agent] max_release_mb` fails
+/// the deployment at the build, with the limit named, and leaves neither
+/// the files nor a release dir behind (audit finding: a 404 KB tar.gz
+/// became 401 MB on the journal's disk).
+#[test]
+fn an_archive_bomb_fails_the_build_and_leaves_nothing_on_disk() {
+    let mut q = Quickstart::new();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(".", q.dir.path().join("app")).unwrap();
+    let zeros = vec![0u8; 64 << 20];
+    let mut header = tar::Header::new_gnu();
+    header.set_size(zeros.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "zeros", &zeros[..]).unwrap();
+    let bomb = tar.into_inner().unwrap().finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let sha = hex::encode(Sha256::digest(&bomb));
+    let server = file_server("bomb.tar.gz", bomb);
+    q.config.max_release_mb = Some(16);
+    q.save(&url_config(
+        &q,
+        "1.0.0",
+        &server.url("/releases/bomb.tar.gz"),
+        &sha,
+    ));
+    let agent = q.start_agent();
+    let failed = wait_deployment_end(&q, &agent, "1.0.0");
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert_eq!(failed.state, DeploymentState::Failed, "{reason}");
+    assert!(
+        reason.contains("entry `zeros`") && reason.contains("`[agent] max_release_mb` = 16"),
+        "{reason}"
+    );
+    let releases = q.dir.path().join("state/releases/hello");
+    let left: Vec<_> = std::fs::read_dir(&releases)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left on disk: {left:?}");
+    assert!(get(q.production, "/").is_none() && get(q.staging, "/").is_none());
+}

@@ -182,3 +182,40 @@ fn backup_while_running_then_restore_onto_an_empty_state_dir_redeploys_with_hist
     }
     agent.terminate();
 }
+
+/// `slipway restore` runs as root (docs/install.md says so); whoever can
+/// write the state dir must not be able to point its lock at another file
+/// and have root overwrite it, or hand it to them (audit finding).
+#[test]
+fn restore_refuses_a_lock_that_is_a_symlink_and_leaves_its_target_alone() {
+    let q = Quickstart::new();
+    let state = q.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let backup = q.dir.path().join("backup.db");
+    drop(Journal::open(&backup).unwrap());
+    let victim = q.dir.path().join("precious");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("agent.lock")).unwrap();
+
+    let c = q.config();
+    let (code, _, err) = slipway(&[
+        "restore",
+        "-c",
+        c.to_str().unwrap(),
+        "--from",
+        backup.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("agent.lock is a symlink: refusing to use it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+    assert!(!state.join("journal.db").exists(), "nothing restored");
+    // The agent refuses it the same way.
+    let (code, log) = q.start_agent().wait_exit(Duration::from_secs(30));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("agent.lock is a symlink"), "{log}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+}

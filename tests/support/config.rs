@@ -13,6 +13,7 @@ pub struct TestConfig {
     pub state_dir: String,
     pub stop_grace: Option<String>,
     pub listen: String,
+    pub max_release_mb: Option<u64>,
     /// `[secrets.NAME]` tables, in order: (name, its keys).
     pub secrets: Vec<(String, Value)>,
     pub plugins: Vec<PluginDef>,
@@ -196,6 +197,7 @@ impl TestConfig {
             state_dir: "state".into(),
             stop_grace: None,
             listen: "127.0.0.1:0".into(),
+            max_release_mb: None,
             secrets: Vec::new(),
             plugins: Vec::new(),
             apps: Vec::new(),
@@ -223,7 +225,11 @@ impl TestConfig {
         if let Some(grace) = &self.stop_grace {
             let _ = writeln!(out, "stop_grace = {}", string(grace));
         }
-        let _ = writeln!(out, "listen = {}\n", string(&self.listen));
+        let _ = writeln!(out, "listen = {}", string(&self.listen));
+        if let Some(mb) = self.max_release_mb {
+            let _ = writeln!(out, "max_release_mb = {mb}");
+        }
+        out.push('\n');
         for (name, keys) in &self.secrets {
             let _ = writeln!(out, "[secrets.{name}]");
             for (k, v) in keys.as_object().expect("a secret is a table") {

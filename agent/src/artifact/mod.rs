@@ -19,7 +19,7 @@ mod unpack;
 
 pub use download::{FetchOptions, Fetched, fetch};
 pub use slipway_config::source_url::{check_url, redact_url};
-pub use unpack::unpack;
+pub use unpack::{UnpackLimits, unpack};
 
 use std::path::{Path, PathBuf};
 

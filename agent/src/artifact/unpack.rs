@@ -29,11 +29,36 @@ impl Kind {
     }
 }
 
+/// The most one release may hold once unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of file content in all (`[agent] max_release_mb`).
+    pub max_bytes: u64,
+    /// Entries (files, directories, links): each costs an inode.
+    pub max_entries: usize,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: slipway_config::DEFAULT_MAX_RELEASE_MB << 20,
+            max_entries: 200_000,
+        }
+    }
+}
+
 /// Put a fetched file into the release directory `dest` (created if
 /// needed): a `.tar.gz`/`.tgz`/`.tar` is unpacked (entries at their paths,
 /// modes kept, setuid bits dropped); any other file is copied to
-/// `dest/<file name from the URL>` with mode 0755. Blocking.
-pub fn unpack(file: &Path, url: &str, dest: &Path) -> Result<(), ArtifactError> {
+/// `dest/<file name from the URL>` with mode 0755. Each entry's size is
+/// checked against `limits` before it is written, so an archive that
+/// expands past them stops there. Blocking.
+pub fn unpack(
+    file: &Path,
+    url: &str,
+    dest: &Path,
+    limits: &UnpackLimits,
+) -> Result<(), ArtifactError> {
     let shown = redact_url(url);
     let unpack_error = |reason: String| ArtifactError::Unpack {
         url: shown.clone(),
@@ -48,10 +73,14 @@ pub fn unpack(file: &Path, url: &str, dest: &Path) -> Result<(), ArtifactError> 
     let opened = std::fs::File::open(file).map_err(io(file))?;
     let reader = std::io::BufReader::new(opened);
     match Kind::of(&name) {
-        Kind::TarGz => untar(flate2::read::MultiGzDecoder::new(reader), dest),
-        Kind::Tar => untar(reader, dest),
+        Kind::TarGz => untar(flate2::read::MultiGzDecoder::new(reader), dest, limits),
+        Kind::Tar => untar(reader, dest, limits),
         Kind::File => {
             use std::os::unix::fs::PermissionsExt;
+            let size = std::fs::metadata(file).map_err(io(file))?.len();
+            if size > limits.max_bytes {
+                return Err(unpack_error(too_big(size, limits)));
+            }
             let target = dest.join(&name);
             std::fs::copy(file, &target).map_err(io(&target))?;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
@@ -66,7 +95,7 @@ pub fn unpack(file: &Path, url: &str, dest: &Path) -> Result<(), ArtifactError> 
 
 /// Unpack a tar stream into `dest`, refusing every entry that could write
 /// or point outside it. Errors carry no URL (the caller adds it).
-fn untar(reader: impl Read, dest: &Path) -> Result<(), ArtifactError> {
+fn untar(reader: impl Read, dest: &Path, limits: &UnpackLimits) -> Result<(), ArtifactError> {
     use tar::EntryType;
     let refuse = |reason: String| ArtifactError::Unpack {
         url: String::new(),
@@ -77,6 +106,7 @@ fn untar(reader: impl Read, dest: &Path) -> Result<(), ArtifactError> {
     // Symlinks seen so far: no later entry may be written through one, so
     // every path in the archive means the same thing on disk.
     let mut symlinks: Vec<PathBuf> = Vec::new();
+    let (mut total, mut count) = (0u64, 0usize);
     let entries = archive
         .entries()
         .map_err(|e| refuse(format!("not a tar archive: {e}")))?;
@@ -92,6 +122,29 @@ fn untar(reader: impl Read, dest: &Path) -> Result<(), ArtifactError> {
             return Err(refuse(format!(
                 "entry `{shown}` lies under the symlink `{}`",
                 link.display()
+            )));
+        }
+        count += 1;
+        if count > limits.max_entries {
+            return Err(refuse(format!(
+                "the archive holds more than {} entries, the most a release may",
+                limits.max_entries
+            )));
+        }
+        // The size as written on disk: a sparse file's real size, not the
+        // (smaller) data the archive carries for it.
+        let header = entry.header();
+        let size = header
+            .as_gnu()
+            .filter(|_| header.entry_type() == EntryType::GNUSparse)
+            .and_then(|g| g.real_size().ok())
+            .unwrap_or(0)
+            .max(header.size().unwrap_or(0));
+        total = total.saturating_add(size);
+        if total > limits.max_bytes {
+            return Err(refuse(format!(
+                "entry `{shown}`: {}",
+                too_big(total, limits)
             )));
         }
         let kind = entry.header().entry_type();
@@ -147,6 +200,15 @@ fn untar(reader: impl Read, dest: &Path) -> Result<(), ArtifactError> {
         }
     }
     Ok(())
+}
+
+fn too_big(size: u64, limits: &UnpackLimits) -> String {
+    format!(
+        "unpacked, the release would hold over {} MB ({} MB so far), more than `[agent] max_release_mb` = {} allows",
+        size >> 20,
+        size >> 20,
+        limits.max_bytes >> 20
+    )
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>, shown: &str) -> Result<PathBuf, String> {
@@ -243,6 +305,14 @@ mod tests {
 
     /// Unpack `bytes` as if downloaded from a URL ending in `name`.
     fn unpack_as(name: &str, bytes: &[u8]) -> (tempfile::TempDir, Result<(), ArtifactError>) {
+        unpack_within(name, bytes, &UnpackLimits::default())
+    }
+
+    fn unpack_within(
+        name: &str,
+        bytes: &[u8],
+        limits: &UnpackLimits,
+    ) -> (tempfile::TempDir, Result<(), ArtifactError>) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("download");
         std::fs::write(&file, bytes).unwrap();
@@ -251,8 +321,60 @@ mod tests {
             &file,
             &format!("https://user:pw@example.com/x/{name}?sig=1"),
             &dest,
+            limits,
         );
         (dir, result)
+    }
+
+    /// A small archive that expands past the limit stops at the entry that
+    /// would cross it, before writing it (audit finding: a 404 KB tar.gz
+    /// became 401 MB on the journal's disk).
+    #[test]
+    fn an_archive_that_expands_past_the_limits_is_refused_before_it_is_written() {
+        use tar::EntryType::*;
+        let zeros = vec![0u8; 20 << 20];
+        let bomb = gzip(&tarball(|t| {
+            entry(t, "readme", Regular, "", b"small", 0o644);
+            entry(t, "zeros", Regular, "", &zeros, 0o644);
+        }));
+        assert!(bomb.len() < 100 << 10, "{} bytes", bomb.len());
+        let limits = UnpackLimits {
+            max_bytes: 5 << 20,
+            ..UnpackLimits::default()
+        };
+        let (dir, result) = unpack_within("bomb.tar.gz", &bomb, &limits);
+        let error = result.unwrap_err().to_string();
+        assert!(
+            error.contains("entry `zeros`") && error.contains("`[agent] max_release_mb` = 5"),
+            "{error}"
+        );
+        assert!(
+            !dir.path().join("release/zeros").exists(),
+            "nothing written"
+        );
+        // The same archive fits a larger limit.
+        let (_, result) = unpack_within("bomb.tar.gz", &bomb, &UnpackLimits::default());
+        result.unwrap();
+
+        let many = tarball(|t| {
+            for n in 0..11 {
+                entry(t, &format!("f{n}"), Regular, "", b"x", 0o644);
+            }
+        });
+        let few = UnpackLimits {
+            max_entries: 10,
+            ..UnpackLimits::default()
+        };
+        let (_, result) = unpack_within("many.tar", &many, &few);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("more than 10 entries"), "{error}");
+        // A plain file over the limit is refused too.
+        let tiny = UnpackLimits {
+            max_bytes: 4,
+            ..UnpackLimits::default()
+        };
+        let (_, result) = unpack_within("tool", b"12345", &tiny);
+        assert!(result.is_err());
     }
 
     #[test]

@@ -340,7 +340,13 @@ impl DeploymentRun {
             .join("releases")
             .join(&app.name)
             .join(&id);
-        if let Err(e) = releases::place_source(&self.shared.state_dir, &app.source, &dir).await {
+        let limits = crate::artifact::UnpackLimits {
+            max_bytes: self.desired.config.agent.max_release_bytes,
+            ..Default::default()
+        };
+        if let Err(e) =
+            releases::place_source(&self.shared.state_dir, &app.source, &dir, limits).await
+        {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }

@@ -108,6 +108,7 @@ pub(super) async fn place_source(
     state_dir: &Path,
     source: &AppSource,
     dir: &Path,
+    limits: crate::artifact::UnpackLimits,
 ) -> Result<(), BuildError> {
     let joined = |e: tokio::task::JoinError| BuildError::Source(e.to_string());
     match source {
@@ -131,10 +132,12 @@ pub(super) async fn place_source(
                 .await
                 .map_err(|e| BuildError::Source(e.to_string()))?;
             let (url, dst) = (url.clone(), dir.to_path_buf());
-            tokio::task::spawn_blocking(move || crate::artifact::unpack(&fetched.path, &url, &dst))
-                .await
-                .map_err(joined)?
-                .map_err(|e| BuildError::Source(e.to_string()))
+            tokio::task::spawn_blocking(move || {
+                crate::artifact::unpack(&fetched.path, &url, &dst, &limits)
+            })
+            .await
+            .map_err(joined)?
+            .map_err(|e| BuildError::Source(e.to_string()))
         }
     }
 }

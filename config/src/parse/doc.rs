@@ -17,6 +17,8 @@ pub(super) struct Doc<'a> {
     pub(super) warnings: Vec<ConfigWarning>,
     /// The names under `[secrets]`, for checking `grants.secrets`.
     pub(super) secret_names: Vec<String>,
+    /// `[agent] state_dir`, for checking that no grant reaches into it.
+    pub(super) state_dir: Option<PathBuf>,
 }
 
 impl<'a> Doc<'a> {

@@ -27,6 +27,7 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
         errors: Vec::new(),
         warnings: Vec::new(),
         secret_names: Vec::new(),
+        state_dir: None,
     };
     let root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -46,6 +47,7 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
         Some(v) => agent(&mut doc, v),
         None => Some(default_agent(&doc)),
     };
+    doc.state_dir = agent.as_ref().map(|a| a.state_dir.clone());
     // Before the plugins, whose grants name them.
     let mut secrets = BTreeMap::new();
     if let Some(table) = root.get("secrets").and_then(|v| doc.table(v, "`secrets`")) {
@@ -105,6 +107,7 @@ fn default_agent(doc: &Doc<'_>) -> AgentConfig {
         listen: "127.0.0.1:7171".into(),
         allow_remote_api: false,
         stop_grace: Duration::from_secs(10),
+        max_release_bytes: DEFAULT_MAX_RELEASE_MB << 20,
     }
 }
 
@@ -113,9 +116,19 @@ fn agent(doc: &mut Doc<'_>, v: &Value<'_>) -> Option<AgentConfig> {
     doc.known_keys(
         table,
         "[agent]",
-        &["state_dir", "listen", "stop_grace", "allow_remote_api"],
+        &[
+            "state_dir",
+            "listen",
+            "stop_grace",
+            "allow_remote_api",
+            "max_release_mb",
+        ],
     );
     let mut agent = default_agent(doc);
+    if let Some(v) = table.get("max_release_mb") {
+        let mb = doc.integer(v, "`max_release_mb`", 1)? as u64;
+        agent.max_release_bytes = mb.saturating_mul(1 << 20);
+    }
     if let Some(v) = table.get("state_dir") {
         let dir = doc.string(v, "`state_dir`")?;
         agent.state_dir = doc.path(&dir);

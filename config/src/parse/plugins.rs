@@ -79,6 +79,34 @@ pub(super) fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<Plu
     })
 }
 
+/// Why a directory grant may not be given: it is the agent's state dir,
+/// holds it, or lies in it (the journal, the API token and the compiled
+/// plugins the agent loads are there). A release dir is granted by the
+/// engine to the steps of its own deployment, never by the config.
+fn reaches_state_dir(state_dir: Option<&Path>, grant: &Path) -> Option<String> {
+    let state_dir = state_dir?;
+    let resolve = |p: &Path| {
+        p.canonicalize()
+            .ok()
+            .or_else(|| crate::grants::normalize(p))
+            .unwrap_or_else(|| p.to_path_buf())
+    };
+    let (state, granted) = (resolve(state_dir), resolve(grant));
+    if state.starts_with(&granted) {
+        Some(format!(
+            "would give the plugin the agent's state dir {} (its journal, API token and compile cache): grant a directory outside it",
+            state.display()
+        ))
+    } else if granted.starts_with(&state) {
+        Some(format!(
+            "lies in the agent's state dir {}: a step gets its release dir without a grant; grant a directory outside the state dir",
+            state.display()
+        ))
+    } else {
+        None
+    }
+}
+
 fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
     let table = doc.table(v, what)?;
     doc.known_keys(
@@ -90,10 +118,12 @@ fn grants(doc: &mut Doc<'_>, v: &Value<'_>, what: &str) -> Option<Grants> {
     for (key, write) in [("dirs", false), ("dirs_rw", true)] {
         if let Some(v) = table.get(key) {
             for dir in doc.strings(v, &format!("`{key}`"))? {
-                g.dirs.push(DirGrant {
-                    path: doc.path(&dir),
-                    write,
-                });
+                let path = doc.path(&dir);
+                if let Some(why) = reaches_state_dir(doc.state_dir.as_deref(), &path) {
+                    doc.error(v.span(), format!("`{key}`: `{dir}` {why}"));
+                    continue;
+                }
+                g.dirs.push(DirGrant { path, write });
             }
         }
     }
