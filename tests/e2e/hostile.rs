@@ -800,3 +800,59 @@ fn a_plugin_file_replaced_on_disk_is_refused_and_never_swapped_mid_deployment() 
     assert_no_panic(&log);
     assert_kept(&q, &before);
 }
+
+/// A journal that names a directory outside the app's release dirs (one
+/// restored from another server, or edited) never makes pruning delete it:
+/// the journal forgets the release, the files stay (audit finding).
+#[test]
+fn pruning_never_removes_a_directory_the_journal_names_outside_the_releases() {
+    let mut q = quick();
+    q.hello().keep_releases = Some(1);
+    q.write_config("1.0.0");
+    let agent = q.start_agent();
+    let first = first_deploy(&q, &agent);
+    q.write_config("1.1.0");
+    assert_succeeded(&wait_deployment_end(&q, &agent, "1.1.0"), &agent);
+    agent.terminate();
+
+    let victim = q.dir.path().join("precious");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("data"), "keep me\n").unwrap();
+    let id = first.release_id.clone().unwrap();
+    let db = rusqlite::Connection::open(q.dir.path().join("state/journal.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE releases SET dir = ?1 WHERE id = ?2",
+            rusqlite::params![victim.to_str().unwrap(), id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+
+    // 1.2.0 makes 1.0.0 the release to prune.
+    let agent = q.start_agent();
+    q.write_config("1.2.0");
+    assert_succeeded(&wait_deployment_end(&q, &agent, "1.2.0"), &agent);
+    wait_for(
+        "the journal to forget 1.0.0",
+        &agent,
+        Duration::from_secs(20),
+        || {
+            q.journal()
+                .releases("hello")
+                .unwrap()
+                .iter()
+                .all(|r| r.id != id)
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.join("data")).unwrap(),
+        "keep me\n"
+    );
+    assert!(
+        agent.log().contains("not removing an old release"),
+        "{}",
+        agent.log()
+    );
+    agent.terminate();
+}

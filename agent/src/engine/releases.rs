@@ -228,11 +228,27 @@ pub(super) fn prune(shared: &Shared, app: &str, keep: usize) {
         .flatten()
         .chain(guard_targets)
         .collect();
+    let own_dir = shared.state_dir.join("releases").join(app);
     for old in releases.iter().skip(keep) {
         if in_use.contains(&old.id) {
             continue;
         }
-        if let Err(e) = std::fs::remove_dir_all(&old.dir)
+        // The journal names the dir; only one of this app's release dirs
+        // is removed (a journal restored from another server, or edited,
+        // may name anything), and never through a symlink.
+        let dir = Path::new(&old.dir);
+        let is_own = dir.parent() == Some(own_dir.as_path())
+            && dir.file_name().is_some_and(|n| n == old.id.as_str())
+            && dir.symlink_metadata().is_ok_and(|m| m.is_dir());
+        if !is_own {
+            if dir.symlink_metadata().is_ok() {
+                tracing::warn!(release = %old.id, dir = %dir.display(),
+                    "not removing an old release: its journaled directory is not one of this app's release dirs; the journal forgets it, the files stay");
+            }
+            let _ = journal.mark_release_removed(&old.id);
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(release = %old.id, error = %e, "could not remove an old release");
