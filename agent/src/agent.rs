@@ -127,11 +127,17 @@ impl StateLock {
                 },
                 _ => io(e),
             })?;
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(LockError::NotAFile {
-                path,
-                what: "not a regular file",
-            });
+        // A hard link to another file is that file: refused too.
+        let meta = file.metadata().map_err(io)?;
+        let what = if !meta.is_file() {
+            Some("not a regular file")
+        } else if std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
+            Some("a hard link to another file")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(LockError::NotAFile { path, what });
         }
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();

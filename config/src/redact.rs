@@ -20,6 +20,31 @@ pub struct Redactor {
     secrets: Arc<Vec<(String, String)>>,
 }
 
+/// The base64 of a value that follows 0, 1 or 2 other bytes (mod 3: `user:`
+/// in a Basic header) and is followed by more: the characters that depend
+/// on the value's bytes only. The first ones mix in the bytes before it,
+/// the last the bytes after it.
+fn shifted_base64(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for shift in [0usize, 1, 2] {
+        let mut bytes = vec![0u8; shift];
+        bytes.extend_from_slice(value.as_bytes());
+        let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        // Characters wholly inside the value: from the first group boundary
+        // after the prefix's bits, up to the last 6 bits made of value bits.
+        let start = (shift * 8).div_ceil(6);
+        let value_bits = value.len() * 8;
+        let end = (shift * 8 + value_bits) / 6;
+        if let Some(part) = text.get(start..end.min(text.len()))
+            && part.len() >= 6
+        {
+            out.push(part.to_string());
+        }
+    }
+    out
+}
+
 /// The forms a value takes in text on its way to a log: as written, escaped
 /// for JSON and for `{:?}`, percent-encoded, base64. Deduplicated.
 fn forms(value: &str) -> Vec<String> {
@@ -46,6 +71,7 @@ fn forms(value: &str) -> Vec<String> {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(value),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
     ];
+    all.extend(shifted_base64(value));
     all.sort();
     all.dedup();
     all
@@ -53,7 +79,9 @@ fn forms(value: &str) -> Vec<String> {
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        let mut names: Vec<&str> = self.secrets.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
         f.debug_struct("Redactor").field("secrets", &names).finish()
     }
 }
@@ -113,11 +141,21 @@ mod tests {
             "https://db.example/?pw={}",
             url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
         );
-        let basic = format!(
-            "Authorization: Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(secret)
-        );
-        for text in [json, debug, url, basic, format!("multi\n{secret}\nlines")] {
+        let basic = |user: &str| {
+            format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
+            )
+        };
+        for text in [
+            json,
+            debug,
+            url,
+            basic("ab"),
+            basic("abc"),
+            basic("abcd"),
+            format!("multi\n{secret}\nlines"),
+        ] {
             let out = r.redact(&text);
             assert!(out.contains("[REDACTED:db]"), "{text} -> {out}");
             assert!(

@@ -850,7 +850,9 @@ fn pruning_never_removes_a_directory_the_journal_names_outside_the_releases() {
         "keep me\n"
     );
     assert!(
-        agent.log().contains("not removing an old release"),
+        agent
+            .log()
+            .contains("only this agent's release dir is removed"),
         "{}",
         agent.log()
     );

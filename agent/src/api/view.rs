@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok` whenever the agent answers.
     pub status: String,
 }
 
 /// `GET /readyz`: a config is loaded and the journal answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ready {
+    /// A config is loaded and the journal answers.
     pub ready: bool,
     /// The config file loaded, if one is.
     pub config: Option<String>,
@@ -31,6 +33,7 @@ pub struct Ready {
 /// `GET /v1/apps`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppList {
+    /// Apps in the config, then apps only the journal still knows.
     pub apps: Vec<AppView>,
 }
 
@@ -38,13 +41,17 @@ pub struct AppList {
 /// deployments).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppView {
+    /// `[apps.NAME]`.
     pub name: String,
     /// The version the config asks for (`None` once the app left it).
     pub version: Option<String>,
+    /// Whether the config still has it (else only the journal does).
     pub in_config: bool,
+    /// The deployment running now, if one is.
     pub running_deployment: Option<Deployment>,
     /// The configured version's pin, if it is pinned as bad.
     pub pinned: Option<Pin>,
+    /// In promotion order, then environments only the journal knows.
     pub environments: Vec<EnvView>,
     /// Newest first; only in `GET /v1/apps/APP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,16 +61,23 @@ pub struct AppView {
 /// One environment of an app: what runs and how it is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvView {
+    /// `[apps.APP.environments.NAME]`.
     pub name: String,
+    /// The release it runs, and that release's version.
     pub current_release: Option<String>,
     pub current_version: Option<String>,
+    /// The release a failed gate goes back to, and its version.
     pub last_good_release: Option<String>,
     pub last_good_version: Option<String>,
     /// When the journal last changed what it runs, ms since the epoch.
     pub updated_at: Option<i64>,
+    /// The latest health check (a bake's or the guard's).
     pub health: Option<HealthReport>,
+    /// The supervised process, if one runs or waits to restart.
     pub process: Option<ProcessStatus>,
+    /// A deployment waiting at this environment's manual gate.
     pub waiting_approval: Option<PendingApproval>,
+    /// Whether the config still has it.
     pub in_config: bool,
 }
 
@@ -73,20 +87,24 @@ pub struct EnvView {
 pub struct EnvHistory {
     pub app: String,
     pub environment: String,
+    /// Newest first.
     pub events: Vec<EnvEventView>,
 }
 
 /// One change of an environment, with the version its release holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvEventView {
+    /// The journal's record, its fields at the top level.
     #[serde(flatten)]
     pub event: EnvEvent,
+    /// The version of `event.release_id`, if the journal still has it.
     pub version: Option<String>,
 }
 
 /// `GET /v1/deployments`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentList {
+    /// Newest first.
     pub deployments: Vec<Deployment>,
 }
 
@@ -95,15 +113,19 @@ pub struct DeploymentList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentView {
     pub deployment: Deployment,
+    /// In the order they started.
     pub steps: Vec<StepView>,
+    /// The manual gate it waits at, if it does.
     pub waiting_approval: Option<WaitingApproval>,
 }
 
 /// A step and how long it took (`None` while it runs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepView {
+    /// The journal's record, its fields at the top level.
     #[serde(flatten)]
     pub step: StepRecord,
+    /// `ended_at - started_at`; `None` while it runs.
     pub duration_ms: Option<i64>,
 }
 
@@ -117,6 +139,7 @@ impl From<StepRecord> for StepView {
 /// The environment a deployment waits to enter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WaitingApproval {
+    /// The environment it waits to enter.
     pub environment: String,
     pub approval: PendingApproval,
 }
@@ -124,7 +147,9 @@ pub struct WaitingApproval {
 /// `GET /v1/deployments/ID/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentLogs {
+    /// The deployment's id.
     pub deployment: i64,
+    /// Each step, in order, with its lines.
     pub steps: Vec<StepLogs>,
 }
 
@@ -132,6 +157,7 @@ pub struct DeploymentLogs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepLogs {
     pub step: StepRecord,
+    /// Redacted, in the order they were written.
     pub logs: Vec<LogRecord>,
 }
 
@@ -147,6 +173,7 @@ pub struct RollbackRequest {
 /// `POST .../rollback` answer (202): the deployment that does it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackStarted {
+    /// The id of the rollback's own deployment (follow it with `show`).
     pub deployment: i64,
     pub app: String,
     pub environment: String,
@@ -160,6 +187,7 @@ pub struct ApproveRequest {}
 /// `POST .../approve` answer: the deployment let in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approved {
+    /// The deployment let in, and its version.
     pub deployment: i64,
     pub app: String,
     pub environment: String,
@@ -169,6 +197,7 @@ pub struct Approved {
 /// Every error: `{"error": "..."}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, and what to do.
     pub error: String,
 }
 

@@ -131,15 +131,16 @@ fn untar(reader: impl Read, dest: &Path, limits: &UnpackLimits) -> Result<(), Ar
                 limits.max_entries
             )));
         }
-        // The size as written on disk: a sparse file's real size, not the
-        // (smaller) data the archive carries for it.
+        // The size as it will be written: the one the reader uses (a PAX
+        // `size` record overrides the header's field), and a sparse file's
+        // real size, not the (smaller) data the archive carries for it.
         let header = entry.header();
         let size = header
             .as_gnu()
             .filter(|_| header.entry_type() == EntryType::GNUSparse)
             .and_then(|g| g.real_size().ok())
             .unwrap_or(0)
-            .max(header.size().unwrap_or(0));
+            .max(entry.size());
         total = total.saturating_add(size);
         if total > limits.max_bytes {
             return Err(refuse(format!(
@@ -204,10 +205,9 @@ fn untar(reader: impl Read, dest: &Path, limits: &UnpackLimits) -> Result<(), Ar
 
 fn too_big(size: u64, limits: &UnpackLimits) -> String {
     format!(
-        "unpacked, the release would hold over {} MB ({} MB so far), more than `[agent] max_release_mb` = {} allows",
-        size >> 20,
-        size >> 20,
-        limits.max_bytes >> 20
+        "unpacked, the release would hold {size} bytes, more than `[agent] max_release_mb` = {} ({} bytes) allows",
+        limits.max_bytes >> 20,
+        limits.max_bytes
     )
 }
 
@@ -365,6 +365,32 @@ mod tests {
             max_entries: 10,
             ..UnpackLimits::default()
         };
+        // A PAX `size` record that says more than the header's own field
+        // is the size that gets written, and is counted.
+        let mut pax = tar::Header::new_ustar();
+        let record = format!("17 size={}\n", zeros.len());
+        assert_eq!(record.len(), 17);
+        pax.set_entry_type(XHeader);
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        let mut lying = tar::Header::new_ustar();
+        lying.as_ustar_mut().unwrap().name[..5].copy_from_slice(b"zeros");
+        lying.set_entry_type(Regular);
+        lying.set_size(0);
+        lying.set_mode(0o644);
+        lying.set_cksum();
+        let mut out = tar::Builder::new(Vec::new());
+        out.append(&pax, record.as_bytes()).unwrap();
+        out.append(&lying, &zeros[..]).unwrap();
+        let smuggled = gzip(&out.into_inner().unwrap());
+        let (dir, result) = unpack_within("pax.tar.gz", &smuggled, &limits);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("entry `zeros`"), "{error}");
+        assert!(
+            !dir.path().join("release/zeros").exists(),
+            "nothing written"
+        );
+
         let (_, result) = unpack_within("many.tar", &many, &few);
         let error = result.unwrap_err().to_string();
         assert!(error.contains("more than 10 entries"), "{error}");

@@ -233,22 +233,30 @@ pub(super) fn prune(shared: &Shared, app: &str, keep: usize) {
         if in_use.contains(&old.id) {
             continue;
         }
-        // The journal names the dir; only one of this app's release dirs
-        // is removed (a journal restored from another server, or edited,
-        // may name anything), and never through a symlink.
-        let dir = Path::new(&old.dir);
-        let is_own = dir.parent() == Some(own_dir.as_path())
-            && dir.file_name().is_some_and(|n| n == old.id.as_str())
-            && dir.symlink_metadata().is_ok_and(|m| m.is_dir());
-        if !is_own {
-            if dir.symlink_metadata().is_ok() {
-                tracing::warn!(release = %old.id, dir = %dir.display(),
-                    "not removing an old release: its journaled directory is not one of this app's release dirs; the journal forgets it, the files stay");
-            }
+        // Only this app's own release dir of that id is removed, whatever
+        // directory the journal names (a journal restored from another
+        // server, or edited, may name anything), and never through a
+        // symlink.
+        let plain_id = matches!(
+            Path::new(&old.id).components().collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if !plain_id {
+            tracing::warn!(release = %old.id, "not removing an old release whose id is not a plain name; the journal forgets it");
             let _ = journal.mark_release_removed(&old.id);
             continue;
         }
-        if let Err(e) = std::fs::remove_dir_all(dir)
+        let dir = own_dir.join(&old.id);
+        if Path::new(&old.dir) != dir {
+            tracing::warn!(release = %old.id, journaled = %old.dir, removed = %dir.display(),
+                "an old release's journaled directory is not where this agent keeps it: only this agent's release dir is removed");
+        }
+        if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            tracing::warn!(release = %old.id, dir = %dir.display(), "not removing an old release dir that is not a directory");
+            let _ = journal.mark_release_removed(&old.id);
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(release = %old.id, error = %e, "could not remove an old release");

@@ -68,6 +68,7 @@ pub(crate) struct Limiter {
 pub(crate) const TABLE_ELEMENTS: usize = 200_000;
 
 impl Limiter {
+    /// The step's memory limit and the pool's table maximum.
     pub fn new(limits: &Limits) -> Self {
         Self {
             memory_bytes: limits.memory_bytes,

@@ -178,9 +178,11 @@ impl Plugin {
         // A notify step takes an event; every other kind a step context.
         let is_event = matches!(request.input, StepInput::Notify { .. });
         if (kind == StepKind::Notify) != is_event {
-            return Err(StepError::Setup(format!(
-                "a {kind} step needs a step context"
-            )));
+            return Err(StepError::Setup(if is_event {
+                format!("a {kind} step needs a step context, not an event")
+            } else {
+                format!("a {kind} step needs an event")
+            }));
         }
         let pre = self.pre.clone();
         let exports = self.exports.clone();

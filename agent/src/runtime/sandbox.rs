@@ -145,7 +145,12 @@ impl Sandbox {
         } else {
             root
         };
-        let stderr = String::from_utf8_lossy(&self.stdio.stderr.contents()).into_owned();
+        // Redacted whole before it is cut into lines, so a secret that
+        // spans lines is caught (the result is redacted again later).
+        let stderr = self
+            .log
+            .redactor()
+            .redact(&String::from_utf8_lossy(&self.stdio.stderr.contents()));
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
         if tail.is_empty() {

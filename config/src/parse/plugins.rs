@@ -85,11 +85,24 @@ pub(super) fn plugin(doc: &mut Doc<'_>, name: &str, v: &Value<'_>) -> Option<Plu
 /// engine to the steps of its own deployment, never by the config.
 fn reaches_state_dir(state_dir: Option<&Path>, grant: &Path) -> Option<String> {
     let state_dir = state_dir?;
+    // Both resolved the same way, existing or not: the deepest ancestor
+    // that exists canonicalized (symlinks followed), the rest appended.
     let resolve = |p: &Path| {
-        p.canonicalize()
-            .ok()
-            .or_else(|| crate::grants::normalize(p))
-            .unwrap_or_else(|| p.to_path_buf())
+        let p = crate::grants::normalize(p).unwrap_or_else(|| p.to_path_buf());
+        let mut rest = Vec::new();
+        let mut base = p.as_path();
+        loop {
+            if let Ok(real) = base.canonicalize() {
+                return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+            }
+            match (base.parent(), base.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    base = parent;
+                }
+                _ => return p.clone(),
+            }
+        }
     };
     let (state, granted) = (resolve(state_dir), resolve(grant));
     if state.starts_with(&granted) {
