@@ -25,13 +25,7 @@ fn receiver() -> HttpServer {
     HttpServer::scripted()
         .fixed("/hook", 204, "")
         .fixed("/fail", 500, "receiver down")
-        .route("/flaky", |_, n| {
-            if n < 2 {
-                Reply::new(503, "warming up")
-            } else {
-                Reply::new(204, "")
-            }
-        })
+        .flaky("/flaky", 204, "")
         .route("/denied", |r, _| {
             Reply::new(401, format!("bad token: {}", r.header("authorization")))
         })

@@ -92,6 +92,19 @@ impl Routes {
         self.route(path, move |_, _| Reply::new(status, body.clone()))
     }
 
+    /// `path` answers 503 "warming up" to its first two requests, then
+    /// `status` with `body`: a server that is not ready yet.
+    pub fn flaky(self, path: &str, status: u16, body: &str) -> Self {
+        let body = body.to_string();
+        self.route(path, move |_, n| {
+            if n < 2 {
+                Reply::new(503, "warming up")
+            } else {
+                Reply::new(status, body.clone())
+            }
+        })
+    }
+
     /// Paths without a route answer with `script` (404 by default).
     pub fn otherwise(
         mut self,
@@ -141,13 +154,7 @@ impl HttpServer {
         Routes::default()
             .fixed("/ok", 200, "hello world")
             .fixed("/fail", 500, "broken")
-            .route("/flaky", |_, n| {
-                if n < 2 {
-                    Reply::new(503, "warming up")
-                } else {
-                    Reply::new(200, "warm")
-                }
-            })
+            .flaky("/flaky", 200, "warm")
             .route("/big", |_, _| Reply::new(200, "z".repeat(2 << 20)))
     }
 

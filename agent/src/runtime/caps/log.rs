@@ -101,6 +101,11 @@ impl StepLog {
             .into_iter()
             .map(|(k, v)| (self.redactor.redact(&k), self.redactor.redact(&v)))
             .collect();
+        self.record(level, source, message, fields);
+    }
+
+    /// Record a line already redacted and emit it to `tracing`.
+    fn record(&self, level: Level, source: Source, message: String, fields: Vec<(String, String)>) {
         self.emit(level, source, &message, &fields);
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let mut inner = self.inner.lock().expect("step log poisoned");
@@ -128,7 +133,7 @@ impl StepLog {
     pub fn push_output(&self, source: Source, bytes: &[u8]) {
         let text = self.redactor.redact(&String::from_utf8_lossy(bytes));
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            self.push(Level::Info, source, line, Vec::new());
+            self.record(Level::Info, source, line.to_string(), Vec::new());
         }
     }
 
