@@ -1,8 +1,10 @@
 //! The agent daemon: load the config, recover from the journal, deploy what
 //! the config asks for, then keep watching the config until told to stop.
 //!
-//! On shutdown it stops every app process it supervises (SIGTERM, then
-//! SIGKILL after `stop_grace`), so nothing outlives it by accident; a
+//! On SIGTERM (a restart, an upgrade) it exits and leaves its apps and the
+//! traffic layer serving; the next agent adopts them. On SIGINT (Ctrl-C in
+//! a terminal) it stops every app process it supervises (SIGTERM, then
+//! SIGKILL after `stop_grace`) and the traffic layer. Either way a
 //! deployment cut short is marked interrupted at the next start and redone.
 
 use crate::config::{self, Config, ConfigErrors, Resolve};
@@ -160,8 +162,23 @@ impl StateLock {
     }
 }
 
+/// How the agent was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// SIGTERM (a service manager's stop or restart, an upgrade): the
+    /// agent exits; apps and the traffic layer keep serving, and the next
+    /// agent adopts them.
+    Leave,
+    /// SIGINT (Ctrl-C on an agent in a terminal): everything it runs
+    /// stops with it, the traffic layer of its state dir too.
+    StopAll,
+}
+
 /// Run the agent until `shutdown` resolves.
-pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config_file: &Path,
+    shutdown: impl Future<Output = Shutdown>,
+) -> Result<(), AgentError> {
     // The text read here is the one in force: the watcher reports only
     // content different from it.
     let text = config::read(config_file)?;
@@ -186,8 +203,9 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     return_freed_memory();
     let journal = open_journal(&state_dir.join("journal.db"))?;
     let supervisor = Supervisor::new(state_dir.join("run"), config.agent.stop_grace);
-    for (pidfile, pid) in supervisor.kill_orphans() {
-        tracing::warn!(pidfile = %pidfile, pid, "killed an app process left over from a previous agent");
+    for found in supervisor.adopt() {
+        tracing::info!(app = %found.app, env = %found.env, release = %found.release, pid = found.pid,
+            "found an app process a previous agent left running");
     }
     let supervisor = Arc::new(supervisor);
     let engine = Arc::new(Deployer::new(
@@ -213,18 +231,36 @@ pub async fn run(config_file: &Path, shutdown: impl Future<Output = ()>) -> Resu
     let mut changes =
         crate::watch::watch(config_file, text).map_err(|e| AgentError::Startup(e.to_string()))?;
     tokio::pin!(shutdown);
-    loop {
+    let how = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            how = &mut shutdown => break how,
             Some(text) = changes.recv() => {
                 reload(config_file, &text, &state_dir, &runtime, &engine).await;
             }
         }
-    }
-    tracing::info!("agent stopping: recording work in progress, then stopping app processes");
+    };
     let _ = api_stop.send(());
-    engine.shutdown().await;
-    supervisor.stop_all().await;
+    match how {
+        Shutdown::Leave => {
+            tracing::info!(
+                "agent stopping: recording work in progress; apps and the traffic layer keep running for the next agent"
+            );
+            engine.shutdown().await;
+            supervisor.leave_all().await;
+        }
+        Shutdown::StopAll => {
+            tracing::info!(
+                "agent stopping: recording work in progress, then stopping app processes and the traffic layer"
+            );
+            engine.shutdown().await;
+            supervisor.stop_all().await;
+            match engine.traffic().stop().await {
+                Ok(()) => tracing::info!("traffic layer stopped"),
+                Err(crate::traffic::ControlError::NotRunning(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "could not stop the traffic layer"),
+            }
+        }
+    }
     let _ = api.await;
     let _ = std::fs::remove_file(state_dir.join("api-address"));
     tracing::info!("agent stopped");

@@ -19,5 +19,6 @@ pub mod ops;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod traffic;
 pub mod vocab;
 pub mod watch;

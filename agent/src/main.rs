@@ -33,6 +33,11 @@ enum Command {
         #[arg(short, long, default_value = "slipway.toml")]
         config: PathBuf,
     },
+    /// The traffic layer: own the public ports of the environments with
+    /// `traffic`, and send each request to the release the agent names.
+    /// The agent starts one when none runs; a second one started while one
+    /// runs takes its listening sockets over (an upgrade that drops nothing).
+    Proxy(slipway::traffic::ProxyOptions),
     /// Check a config file: exit 0 if valid, 2 with located errors if not.
     Validate {
         #[arg(short, long, default_value = "slipway.toml")]
@@ -234,17 +239,19 @@ fn init_logs(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM. The handlers are installed at once, so a
-/// signal that arrives while the agent is still starting is not lost (the
-/// default action would kill the agent and orphan its apps).
-fn shutdown_signal() -> impl Future<Output = ()> {
+/// Resolves on SIGINT (stop everything) or SIGTERM (leave apps serving).
+/// The handlers are installed at once, so a signal that arrives while the
+/// agent is still starting is not lost (the default action would kill the
+/// agent mid-transition).
+fn shutdown_signal() -> impl Future<Output = slipway::agent::Shutdown> {
+    use slipway::agent::Shutdown;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
     async move {
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = int.recv() => Shutdown::StopAll,
+            _ = term.recv() => Shutdown::Leave,
         }
     }
 }
@@ -297,6 +304,12 @@ fn main() {
                 .await
                 .map(|()| String::new())
                 .map_err(agent_error),
+            Command::Proxy(options) => slipway::traffic::run_proxy(options, async {
+                shutdown_signal().await;
+            })
+            .await
+            .map(|()| String::new())
+            .map_err(|message| cli::CliError { message, code: 1 }),
             Command::Validate { config } => slipway::agent::validate(&config)
                 .await
                 .map(|valid| {

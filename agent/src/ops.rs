@@ -107,11 +107,85 @@ pub async fn status(target: &Target, app: Option<&str>, as_json: bool) -> Result
         ],
         &rows,
     );
+    let traffic = traffic_rows(&apps);
+    if !traffic.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "APP",
+                "ENV",
+                "LISTEN",
+                "TRAFFIC TO",
+                "RATE",
+                "ERRORS",
+                "P99",
+            ],
+            &traffic,
+        ));
+    }
     if !notes.is_empty() {
         out.push('\n');
         out.push_str(&notes);
     }
     Ok(out)
+}
+
+/// One row per environment behind the traffic layer: who takes its
+/// traffic (and who drains), and its rate, error ratio and p99 over the
+/// last minute.
+fn traffic_rows(apps: &AppList) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for a in &apps.apps {
+        for e in &a.environments {
+            let Some(t) = &e.traffic else {
+                continue;
+            };
+            let total: u32 = t.releases.iter().map(|r| r.weight).sum();
+            let to: Vec<String> = t
+                .releases
+                .iter()
+                .map(|r| match r.weight {
+                    0 => format!(
+                        "{} (draining: {} in flight, {} open)",
+                        r.release, r.in_flight, r.open
+                    ),
+                    w if w == total => r.release.clone(),
+                    w => format!(
+                        "{} {:.0}%",
+                        r.release,
+                        100.0 * f64::from(w) / f64::from(total.max(1))
+                    ),
+                })
+                .collect();
+            let measured = t.window_s > 0.0;
+            rows.push(vec![
+                a.name.clone(),
+                e.name.clone(),
+                t.listen.clone(),
+                if to.is_empty() {
+                    "nothing (503)".into()
+                } else {
+                    to.join(", ")
+                },
+                if measured {
+                    format!("{:.1}/s", t.rate)
+                } else {
+                    "-".into()
+                },
+                if measured {
+                    format!("{:.2}%", 100.0 * t.error_ratio)
+                } else {
+                    "-".into()
+                },
+                match t.p99_ms {
+                    Some(ms) if ms >= 1000.0 => format!("{:.1} s", ms / 1000.0),
+                    Some(ms) => format!("{ms:.1} ms"),
+                    None => "-".into(),
+                },
+            ]);
+        }
+    }
+    rows
 }
 
 /// One app's rows of the status table, and its notes (waiting, running,

@@ -216,6 +216,63 @@ pub struct RunConfig {
     pub cwd: Option<String>,
 }
 
+/// `traffic`: the traffic layer (`slipway proxy`) owns `listen`; each
+/// release runs beside the one serving on a port of its own (`PORT`) and
+/// gets requests only once it passed its gates.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrafficConfig {
+    /// The public address.
+    pub listen: std::net::SocketAddr,
+    pub mode: TrafficMode,
+    /// How long a release switched away from may finish its requests and
+    /// connections before it is stopped. Policy: not in the spec.
+    #[serde(skip)]
+    pub drain: Duration,
+    /// How long a new release has to listen on its port.
+    #[serde(skip)]
+    pub start_timeout: Duration,
+    /// How long the release switched away from keeps running, so that a
+    /// rollback in that window is a switch back, not a start.
+    #[serde(skip)]
+    pub keep_previous: Duration,
+    /// Judge a new release on a share of the live traffic before it takes
+    /// all of it. Policy: not in the spec.
+    #[serde(skip)]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `traffic.canary`: a share of the requests for a while, judged on the
+/// release's own figures against the stable release's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    /// The share of requests, in thousandths (`"10%"` is 100).
+    pub share_permille: u32,
+    /// How long the canary takes its share.
+    pub duration: Duration,
+    /// The highest 5xx ratio (0..1) a canary may have.
+    pub max_error_ratio: f64,
+    /// The highest p99 a canary may have.
+    pub max_p99: Option<Duration>,
+    /// Fewer requests than this in the window: the canary is not judged.
+    pub min_requests: u64,
+}
+
+/// `traffic.mode`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficMode {
+    /// An HTTP/1.1 reverse proxy (per-request routing, RED figures).
+    #[default]
+    Http,
+    /// Bytes both ways, for apps that do not speak HTTP.
+    Tcp,
+}
+
+/// Defaults of `traffic`.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEP_PREVIOUS: Duration = Duration::from_secs(300);
+
 /// What to do when a gate fails in an environment.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -232,6 +289,8 @@ pub struct EnvConfig {
     pub name: String,
     pub promote_from: Option<String>,
     pub run: Option<RunConfig>,
+    /// Behind the traffic layer (needs `run`).
+    pub traffic: Option<TrafficConfig>,
     pub deploy: Option<StepConfig>,
     pub smoke: Option<StepConfig>,
     pub health: Option<HealthConfig>,

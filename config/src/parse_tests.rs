@@ -388,3 +388,123 @@ fn bad_url_sources_are_located_errors() {
         );
     }
 }
+
+const TRAFFIC: &str = r#"
+[plugins.check]
+source = "builtin:http-check"
+grants = { http = ["127.0.0.1:*"] }
+
+[apps.web]
+version = "1.2.3"
+source = { path = "app" }
+
+[apps.web.environments.production]
+run = { command = "./web" }
+traffic = { listen = "127.0.0.1:8080", mode = "tcp", drain = "0s", keep_previous = "1m", canary = { share = "12.5%", for = "30s", max_error_ratio = "0.5%", max_p99 = "300ms" } }
+health = { plugin = "check", params = { url = "http://${release.addr}/healthz" } }
+"#;
+
+#[test]
+fn traffic_parses_with_its_defaults_and_only_listen_and_mode_in_the_spec() {
+    let config = parse(TRAFFIC).unwrap();
+    let env = &config.apps["web"].environments[0];
+    let t = env.traffic.as_ref().unwrap();
+    assert_eq!(t.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(t.mode, TrafficMode::Tcp);
+    assert_eq!(t.drain, Duration::ZERO);
+    assert_eq!(t.start_timeout, DEFAULT_START_TIMEOUT);
+    assert_eq!(t.keep_previous, Duration::from_secs(60));
+    let canary = t.canary.as_ref().unwrap();
+    assert_eq!(canary.share_permille, 125);
+    assert_eq!(canary.duration, Duration::from_secs(30));
+    assert!((canary.max_error_ratio - 0.005).abs() < 1e-12);
+    assert_eq!(canary.max_p99, Some(Duration::from_millis(300)));
+    assert_eq!(canary.min_requests, 20);
+    // Policy changes do not redeploy; the address does.
+    let base = config.apps["web"].spec_hash();
+    let policy = parse(&TRAFFIC.replace("drain = \"0s\"", "drain = \"9s\"")).unwrap();
+    assert_eq!(policy.apps["web"].spec_hash(), base);
+    let moved = parse(&TRAFFIC.replace("8080", "8090")).unwrap();
+    assert_ne!(moved.apps["web"].spec_hash(), base);
+}
+
+#[test]
+fn bad_traffic_is_a_located_error() {
+    let cases = [
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"localhost:80\"",
+            "`traffic.listen` must be IP:PORT",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:0\"",
+            "a port other than 0",
+        ),
+        (
+            "mode = \"tcp\"",
+            "mode = \"udp\"",
+            "`traffic.mode` must be \"http\" or \"tcp\"",
+        ),
+        (
+            "share = \"12.5%\"",
+            "share = \"100%\"",
+            "between 0.1% and 99.9%",
+        ),
+        (
+            "share = \"12.5%\"",
+            "share = \"ten\"",
+            "must be a percentage",
+        ),
+        (
+            "max_p99 = \"300ms\"",
+            "max_p99 = \"soon\"",
+            "`traffic.canary.max_p99`",
+        ),
+        ("drain = \"0s\"", "drains = \"0s\"", "drains"),
+        (
+            "run = { command = \"./web\" }",
+            "run = { command = \"./web\", env = { PORT = \"1\" } }",
+            "sets `run.env.PORT` and `traffic`",
+        ),
+        (
+            "run = { command = \"./web\" }",
+            "deploy = { plugin = \"check\", params = { url = \"http://x/\" } }",
+            "`traffic` needs `run`",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let text = TRAFFIC.replace(from, to);
+        assert_ne!(text, TRAFFIC, "{from}");
+        let errors = parse(&text).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(expected) && e.starts_with("12:")),
+            "{to}: {errors:?}"
+        );
+    }
+    // Two environments on one address.
+    let twice = format!(
+        "{TRAFFIC}\n[apps.web.environments.staging]\nrun = {{ command = \"./web\" }}\ntraffic = {{ listen = \"0.0.0.0:8080\" }}\n"
+    );
+    let errors = parse(&twice).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("overlaps [apps.web.environments.production]'s 127.0.0.1:8080")),
+        "{errors:?}"
+    );
+    // `${release.addr}` without `traffic`: nothing would fill it in.
+    let plain = TRAFFIC.replace(
+        "traffic = { listen = \"127.0.0.1:8080\", mode = \"tcp\", drain = \"0s\", keep_previous = \"1m\", canary = { share = \"12.5%\", for = \"30s\", max_error_ratio = \"0.5%\", max_p99 = \"300ms\" } }\n",
+        "",
+    );
+    let errors = parse(&plain).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("only an environment with `traffic` has")),
+        "{errors:?}"
+    );
+}

@@ -135,8 +135,9 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
         &agent,
         Duration::from_secs(30),
         || {
-            agent.log().contains("killed an app process left over")
-                && agent.log().contains("started app=hello env=production")
+            agent
+                .log()
+                .contains("adopted, not restarted app=hello env=production")
         },
     );
     wait_for(
@@ -171,8 +172,8 @@ fn quickstart_deploys_promotes_gates_rolls_back_and_survives_a_crash() {
         before + 1 + guard_rollbacks
     );
 
-    // A clean stop stops the apps too.
-    agent.terminate();
+    // Ctrl-C stops the apps too (SIGTERM would leave them serving).
+    agent.interrupt();
     assert!(
         get(q.production, "/").is_none(),
         "production stopped with the agent"
@@ -409,7 +410,8 @@ fn kill_9_during_build_staging_and_production_bake_recovers_consistently() {
         }
     }
     let releases = q.dir.path().join("state/releases");
-    agent.terminate();
+    // Ctrl-C: the agent stops its apps (a SIGTERM would leave them serving).
+    agent.interrupt();
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let leftovers: Vec<String> = String::from_utf8_lossy(&ps.stdout)
         .lines()

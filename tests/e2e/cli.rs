@@ -154,7 +154,8 @@ fn systemd_unit_starts_the_real_agent_command_with_its_safety_settings() {
         ("User", "slipway"),
         ("Restart", "on-failure"),
         ("RestartPreventExitStatus", "2"),
-        ("KillMode", "mixed"),
+        // SIGTERM to the agent only: the apps outlive it and are adopted.
+        ("KillMode", "process"),
         ("StateDirectory", "slipway"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),

@@ -206,7 +206,8 @@ fn restart_and_settle(w: &Walk, version: &str, outcome: &Outcome, at: &str, cras
     );
     settle(w, &agent, version, outcome, at);
     let recovered_log = agent.log.clone();
-    agent.terminate();
+    // Ctrl-C: the agent stops its apps (a SIGTERM would leave them serving).
+    agent.interrupt();
     let left = app_processes(&w.releases());
     assert!(
         left.is_empty(),

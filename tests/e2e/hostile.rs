@@ -123,9 +123,20 @@ fn skipped_checks(q: &Quickstart, env: &str, reason: &str) -> u64 {
 
 /// The pid of the app process the agent runs in `env`.
 fn app_pid(q: &Quickstart, env: &str) -> i32 {
-    let pidfile = q.dir.path().join(format!("state/run/hello.{env}.pid"));
-    let text = std::fs::read_to_string(&pidfile).unwrap();
-    text.trim().parse().unwrap()
+    let run = q.dir.path().join("state/run");
+    let prefix = format!("hello.{env}.");
+    let pidfile = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".pid")
+        })
+        .unwrap_or_else(|| panic!("no pidfile of {env} in {}", run.display()));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pidfile).unwrap()).unwrap();
+    record["pid"].as_i64().unwrap() as i32
 }
 
 fn run_cli(q: &Quickstart, args: &[&str]) -> (i32, String, String) {

@@ -21,3 +21,4 @@ mod model;
 mod notify;
 mod runtime;
 mod secrets;
+mod traffic;

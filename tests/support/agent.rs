@@ -37,6 +37,7 @@ type Setup = Box<dyn FnOnce(&mut Command)>;
 impl AgentBuilder {
     /// `slipway agent -c CONFIG`, with the binary cargo built.
     pub fn new(config: &Path) -> Self {
+        adopt_orphans();
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let dir = config.parent().expect("the config is in a directory");
@@ -135,6 +136,12 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// SIGINT (Ctrl-C): the agent stops its apps and the traffic layer.
+    pub fn interrupt(mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let _ = self.child.wait();
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
         let _ = self.child.wait();
@@ -156,6 +163,74 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
+    }
+}
+
+/// Apps and the traffic layer outlive a stopped agent by design. So that a
+/// test run leaves none of them behind, the test process becomes the
+/// subreaper of everything it starts (an app whose agent exited is
+/// reparented to it, not to init), and at exit it kills every child left,
+/// with its process group.
+fn adopt_orphans() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn kill_children() {
+            let me = std::process::id().to_string();
+            let Ok(entries) = std::fs::read_dir("/proc") else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+                if ppid.as_deref() == Some(me.as_str()) && pid > 1 {
+                    unsafe {
+                        libc_kill(-pid, 9);
+                        libc_kill(pid, 9);
+                    }
+                }
+            }
+        }
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an int; atexit
+        // takes a function that runs once at exit and touches only /proc.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+            libc::atexit(kill_children);
+        }
+    });
+}
+
+/// SIGKILL every process group a state dir's pidfiles name, and its
+/// traffic layer (`run/proxy-pid`).
+pub fn reap(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("run")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "pid") && !path.ends_with("proxy-pid") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let pid = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["pid"].as_i64())
+            .or_else(|| text.trim().parse().ok());
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            let pid = pid as i32;
+            unsafe {
+                libc_kill(-pid, 9);
+                libc_kill(pid, 9);
+            }
+        }
     }
 }
 

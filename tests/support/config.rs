@@ -87,6 +87,8 @@ pub struct Env {
     pub promote_from: Option<String>,
     /// The `run` table: `{"command": ..., "env": {...}}`.
     pub run: Option<Value>,
+    /// The `traffic` table: `{"listen": ..., "drain": ...}`.
+    pub traffic: Option<Value>,
     pub deploy: Option<StepConfig>,
     pub smoke: Option<StepConfig>,
     pub health: Option<StepConfig>,
@@ -105,6 +107,7 @@ impl Env {
             name: name.into(),
             promote_from: None,
             run: None,
+            traffic: None,
             deploy: None,
             smoke: None,
             health: None,
@@ -272,6 +275,9 @@ impl TestConfig {
                 }
                 if let Some(run) = &env.run {
                     let _ = writeln!(out, "run = {}", inline(run));
+                }
+                if let Some(traffic) = &env.traffic {
+                    let _ = writeln!(out, "traffic = {}", inline(traffic));
                 }
                 for (name, step) in [
                     ("deploy", &env.deploy),

@@ -43,6 +43,43 @@ impl Quickstart {
         q
     }
 
+    /// The quickstart as `examples/quickstart/slipway.toml` has it: both
+    /// environments behind the traffic layer on the test's public ports,
+    /// checked on each release's own port. Short drains; no kept previous
+    /// release (a test that wants one sets `keep_previous`).
+    pub fn behind_traffic() -> Self {
+        let mut q = Self::new();
+        for (name, port) in [("staging", q.staging), ("production", q.production)] {
+            let env = q.hello().env_mut(name);
+            env.run = Some(json!({ "command": "./hello" }));
+            env.traffic = Some(json!({
+                "listen": format!("127.0.0.1:{port}"),
+                "drain": "2s",
+                "keep_previous": "0s",
+                "start_timeout": "20s",
+            }));
+            let release = |path: &str| format!("http://${{release.addr}}{path}");
+            if let Some(smoke) = &mut env.smoke {
+                smoke.params["url"] = json!(release("/"));
+            }
+            if let Some(health) = &mut env.health {
+                health.params["url"] = json!(release("/healthz"));
+            }
+        }
+        q.write_config("1.0.0");
+        q
+    }
+
+    /// Set a key of `env`'s `traffic` table.
+    pub fn traffic(&mut self, env: &str, key: &str, value: serde_json::Value) {
+        let env = self.hello().env_mut(env);
+        env.traffic.as_mut().expect("an environment with traffic")[key] = value;
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("slipway.toml")
     }
@@ -89,6 +126,14 @@ impl Quickstart {
 
     pub fn journal(&self) -> Journal {
         Journal::open(&self.dir.path().join("state/journal.db")).unwrap()
+    }
+}
+
+impl Drop for Quickstart {
+    /// Apps and the traffic layer outlive a stopped agent by design: kill
+    /// what this test's state dir still names, so no test leaves processes.
+    fn drop(&mut self) {
+        super::agent::reap(&self.state_dir());
     }
 }
 

@@ -13,6 +13,7 @@ mod token;
 pub mod view;
 
 pub use token::{ensure_token, read_token};
+pub use view::{ReleaseTraffic, TrafficView};
 
 use crate::engine::Deployer;
 use axum::Router;

@@ -117,13 +117,31 @@ async fn readyz(State(state): S) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): S) -> Response {
+    let mut text = crate::metrics::metrics().encode();
+    // The traffic layer's RED figures, fresh, if it answers quickly.
+    let uses_traffic = state.engine.config().is_some_and(|c| {
+        c.apps
+            .values()
+            .any(|a| a.environments.iter().any(|e| e.traffic.is_some()))
+    });
+    if uses_traffic {
+        let status = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            state.engine.traffic().status(),
+        )
+        .await;
+        if let Ok(Ok(status)) = status {
+            let at = text.rfind("# EOF").unwrap_or(text.len());
+            text.insert_str(at, &crate::traffic::encode_metrics(&status));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        crate::metrics::metrics().encode(),
+        text,
     )
         .into_response()
 }
@@ -173,6 +191,7 @@ fn app_view(state: &ApiState, config: &Config, name: &str) -> Result<AppView, Ap
                 process: state.engine.process(name, env),
                 waiting_approval: state.engine.pending_approval(name, env),
                 in_config: configured.is_some_and(|a| a.environment(env).is_some()),
+                traffic: state.engine.traffic_view(name, env),
             }
         })
         .collect();

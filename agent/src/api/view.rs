@@ -79,6 +79,35 @@ pub struct EnvView {
     pub waiting_approval: Option<PendingApproval>,
     /// Whether the config still has it.
     pub in_config: bool,
+    /// Behind the traffic layer: who takes the traffic, and its RED figures.
+    #[serde(default)]
+    pub traffic: Option<TrafficView>,
+}
+
+/// An environment's traffic: its public address, the releases on its
+/// route, and rate, errors and p99 over the last minute (from the traffic
+/// layer's counters, sampled every 5 s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrafficView {
+    pub listen: String,
+    /// Taking traffic (weight > 0) or draining (weight 0).
+    pub releases: Vec<ReleaseTraffic>,
+    /// The window the figures cover, in seconds (0: no sample yet).
+    pub window_s: f64,
+    /// Requests per second.
+    pub rate: f64,
+    /// 5xx responses over all responses.
+    pub error_ratio: f64,
+    /// 99th percentile duration (upper bound of its histogram bucket), ms.
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseTraffic {
+    pub release: String,
+    pub weight: u32,
+    pub in_flight: u64,
+    pub open: u64,
 }
 
 /// `GET /v1/apps/APP/environments/ENV/history`: what the environment ran,

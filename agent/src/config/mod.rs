@@ -9,9 +9,10 @@ mod check;
 
 pub use check::{Plugins, check};
 pub use slipway_config::{
-    AgentConfig, AppConfig, AppSource, Config, ConfigError, ConfigErrors, ConfigWarning, EnvConfig,
-    HealthConfig, Loc, OnFailure, PluginConfig, Promote, Resolve, RunConfig, Secret, SecretConfig,
-    SecretSource, StepConfig, parse_duration, read,
+    AgentConfig, AppConfig, AppSource, CanaryConfig, Config, ConfigError, ConfigErrors,
+    ConfigWarning, EnvConfig, HealthConfig, Loc, OnFailure, PluginConfig, Promote, Resolve,
+    RunConfig, Secret, SecretConfig, SecretSource, StepConfig, TrafficConfig, TrafficMode,
+    parse_duration, read,
 };
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@ use super::releases::{self, app_log, env_release, release_ref, run_spec};
 use super::rollback::roll_back_env;
 use super::shared::{Approval, PendingApproval, Shared, parallel_deployments};
 use super::steps::{StepCall, Subject};
+use super::switch;
 use crate::config::{EnvConfig, StepConfig};
 use crate::runtime::{ReleaseRef, StepOutcome, StepValue};
 use crate::store::{DeploymentState, Release};
@@ -193,7 +194,7 @@ impl DeploymentRun {
             Phase::Activate(i) => gate(self.activate(&self.env_config(*i)).await),
             Phase::Smoke(i) => gate(self.smoke(&self.env_config(*i)).await),
             Phase::Bake(i) => gate(self.bake(&self.env_config(*i)).await),
-            Phase::MarkGood(i) => gate(self.mark_good(&self.env_config(*i))),
+            Phase::MarkGood(i) => gate(self.mark_good(&self.env_config(*i)).await),
             Phase::RollBack(i, _) => {
                 let env = self.env_config(*i);
                 let last_good = env_release(&self.shared, self.app(), &env.name, |s| {
@@ -314,6 +315,8 @@ impl DeploymentRun {
         attempt: u32,
     ) -> StepOutcome {
         let release = self.release();
+        let port =
+            env.and_then(|e| switch::port_of(&self.shared, self.app(), &e.name, &release.id));
         let call = StepCall {
             desired: &self.desired,
             deployment: Some(self.id),
@@ -324,6 +327,7 @@ impl DeploymentRun {
                 release: &release,
                 previous: self.previous.as_ref(),
                 attempt,
+                port,
             },
         };
         self.shared.steps.run(&call).await
@@ -472,13 +476,27 @@ impl DeploymentRun {
             let outcome = self.step(Some(env), StepRole::Deploy, deploy, 1).await;
             outcome.result.map_err(GateFailure::Deploy)?;
         }
-        if let Some(run) = &env.run {
-            let spec = run_spec(&self.shared.state_dir, self.app(), env, run, &release);
-            self.shared
-                .supervisor
-                .start(self.app(), &env.name, &release.id, spec)
-                .await
-                .map_err(|e| GateFailure::Start(e.to_string()))?;
+        match (&env.run, &env.traffic) {
+            (Some(run), Some(traffic)) => {
+                // Beside the release serving, which keeps the traffic.
+                switch::start_beside(&self.shared, self.app(), env, run, traffic, &release)
+                    .await
+                    .map_err(|why| {
+                        GateFailure::Start(format!(
+                            "{why}{}",
+                            app_log(&self.shared, self.app(), env)
+                        ))
+                    })?;
+            }
+            (Some(run), None) => {
+                let spec = run_spec(&self.shared.state_dir, self.app(), env, run, &release);
+                self.shared
+                    .supervisor
+                    .start(self.app(), &env.name, &release.id, spec)
+                    .await
+                    .map_err(|e| GateFailure::Start(e.to_string()))?;
+            }
+            (None, _) => {}
         }
         Ok(())
     }
@@ -499,6 +517,7 @@ impl DeploymentRun {
     async fn bake(&self, env: &EnvConfig) -> Result<(), GateFailure> {
         let health = env.health.as_ref().expect("the plan has a health check");
         let release = self.release();
+        let port = switch::port_of(&self.shared, self.app(), &env.name, &release.id);
         let call = |attempt| StepCall {
             desired: &self.desired,
             deployment: Some(self.id),
@@ -509,6 +528,7 @@ impl DeploymentRun {
                 release: &release,
                 previous: self.previous.as_ref(),
                 attempt,
+                port,
             },
         };
         let end = bake::bake(&self.shared.steps, BakePolicy::gate(health), call).await;
@@ -530,8 +550,46 @@ impl DeploymentRun {
         }
     }
 
-    fn mark_good(&self, env: &EnvConfig) -> Result<(), GateFailure> {
+    async fn mark_good(&self, env: &EnvConfig) -> Result<(), GateFailure> {
         let release = self.release();
+        if let Some(traffic) = &env.traffic {
+            // Gates passed: the release takes the traffic now, and the one
+            // switched away from drains (and waits out `keep_previous`).
+            let port = switch::port_of(&self.shared, self.app(), &env.name, &release.id)
+                .ok_or_else(|| {
+                    GateFailure::Switch("the release's process is not running".into())
+                })?;
+            let stable = switch::serving_backend(&self.shared, self.app(), &env.name)
+                .await
+                .filter(|(serving, _)| *serving != release.id);
+            if let (Some(canary), Some((stable, stable_port))) = (&traffic.canary, stable) {
+                let judged = switch::canary(
+                    &self.shared,
+                    self.app(),
+                    env,
+                    canary,
+                    (&stable, stable_port),
+                    (&release.id, port),
+                )
+                .await;
+                match judged {
+                    Ok(summary) => {
+                        tracing::info!(app = %self.app(), env = %env.name, "{summary}");
+                    }
+                    Err(summary) => return Err(GateFailure::Canary(summary)),
+                }
+            }
+            switch::switch(&self.shared, self.app(), env, &release.id, port)
+                .await
+                .map_err(GateFailure::Switch)?;
+            switch::retire_others(
+                &self.shared,
+                self.app(),
+                env,
+                &release.id,
+                traffic.keep_previous,
+            );
+        }
         self.shared
             .journal
             .set_last_good_release(self.app(), &env.name, &release.id)?;

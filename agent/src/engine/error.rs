@@ -104,6 +104,14 @@ pub enum GateFailure {
     /// The supervised process did not start.
     #[error("could not start the app: {0}")]
     Start(String),
+    /// The canary's own figures were worse than its limits and than the
+    /// stable release's over the same window.
+    #[error("canary failed: {0}")]
+    Canary(String),
+    /// Traffic could not be switched to the release (the traffic layer
+    /// did not answer or refused); the previous release still serves.
+    #[error("could not switch traffic to the release: {0}")]
+    Switch(String),
     /// The smoke test failed.
     #[error("smoke test failed: {error}{app_log}")]
     Smoke { error: StepError, app_log: AppLog },

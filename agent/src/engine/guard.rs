@@ -70,7 +70,7 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
     let (mut last_tick, mut skipping) = (None, None);
     let mut known: Option<crate::runtime::ReleaseRef> = None;
     // The check's prepared step, for the release it was made for.
-    let mut prepared: Option<(String, PreparedStep)> = None;
+    let mut prepared: Option<(String, Option<u16>, PreparedStep)> = None;
     // When the release dir was last seen (see DIR_RECHECK).
     let mut dir_seen: Option<tokio::time::Instant> = None;
     // The environment's journal state, with the journal generation read at.
@@ -141,7 +141,11 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
         skipping = None;
         known = Some(release.clone());
         // The step's request only changes with the release: made once.
-        let kept = prepared.take().filter(|(id, _)| *id == release.id);
+        // The port too: a release started again after its keep window runs on another.
+        let port = super::switch::port_of(&shared, &app, &env.name, &release.id);
+        let kept = prepared
+            .take()
+            .filter(|(id, p, _)| *id == release.id && *p == port);
         let step = match kept {
             Some(kept) => Ok(kept),
             None => prepare(&StepCall {
@@ -154,13 +158,14 @@ async fn guard_env(shared: Arc<Shared>, desired: Desired, env: EnvConfig) -> Unh
                     release: &release,
                     previous: None,
                     attempt: 1,
+                    port,
                 },
             })
-            .map(|p| (release.id.clone(), p)),
+            .map(|p| (release.id.clone(), port, p)),
         };
         let outcome = match step {
             Ok(step) => {
-                let outcome = shared.steps.run_prepared(&step.1).await;
+                let outcome = shared.steps.run_prepared(&step.2).await;
                 prepared = Some(step);
                 outcome
             }

@@ -21,6 +21,8 @@
 //!   operator;
 //! - `guard`: watches settled environments (and only watches);
 //! - `recover`: start-up after a stop or a crash;
+//! - `switch`: environments behind the traffic layer: a release started
+//!   beside the one serving, the switch, the drain, the retirement;
 //! - `machine`: a deployment's transition table, pure;
 //! - `bake`: the check loop and its tally;
 //! - `releases`: release records, sources, run specs, rollback targets,
@@ -45,6 +47,7 @@ mod releases;
 mod rollback;
 mod shared;
 mod steps;
+mod switch;
 
 pub use desired::Desired;
 pub use error::{
@@ -119,7 +122,22 @@ impl Deployer {
 
     /// The supervised process of an environment, if the agent runs one.
     pub fn process(&self, app: &str, env: &str) -> Option<crate::supervisor::ProcessStatus> {
-        self.shared.supervisor.status(app, env)
+        let supervisor = &self.shared.supervisor;
+        let current = self
+            .shared
+            .journal
+            .env_state(app, env)
+            .ok()
+            .flatten()
+            .and_then(|s| s.current_release);
+        current
+            .and_then(|release| supervisor.status_of(app, env, &release))
+            .or_else(|| supervisor.status(app, env))
+    }
+
+    /// The traffic layer of this agent's state dir.
+    pub fn traffic(&self) -> &crate::traffic::Control {
+        &self.shared.traffic
     }
 
     /// The deployment waiting for approval before `env`, if any.
@@ -236,12 +254,51 @@ impl Deployer {
     /// on a release the journal names as good, and start those processes.
     pub async fn recover(&self, config: &Config) {
         recover::recover(&self.shared, config).await;
+        switch::sample(self.shared.clone());
+    }
+
+    /// An environment's traffic: its address, its releases with their
+    /// shares, and rate, errors and p99 over the last minute.
+    pub fn traffic_view(&self, app: &str, env: &str) -> Option<crate::api::TrafficView> {
+        let f = switch::figures(&self.shared, app, env)?;
+        let seconds = f.seconds;
+        Some(crate::api::TrafficView {
+            listen: f.listen.to_string(),
+            releases: f
+                .releases
+                .iter()
+                .map(|b| crate::api::ReleaseTraffic {
+                    release: b.release.clone(),
+                    weight: b.weight,
+                    in_flight: b.in_flight,
+                    open: b.open,
+                })
+                .collect(),
+            window_s: seconds,
+            rate: if seconds > 0.0 {
+                f.window.requests as f64 / seconds
+            } else {
+                0.0
+            },
+            error_ratio: f.window.error_ratio(),
+            p99_ms: f.window.quantile(0.99).map(|d| d.as_secs_f64() * 1000.0),
+        })
     }
 
     /// Hand a newly accepted config to the app workers. A newer desired
     /// state replaces one still waiting; a running deployment finishes first.
     pub fn apply(&self, config: Arc<Config>, plugins: &Plugins) {
-        *self.config.lock().expect("engine config poisoned") = Some(config.clone());
+        let reloaded = self
+            .config
+            .lock()
+            .expect("engine config poisoned")
+            .replace(config.clone())
+            .is_some();
+        if reloaded {
+            // Routes follow the config (recovery configured the first one).
+            let (shared, config) = (self.shared.clone(), config.clone());
+            tokio::spawn(async move { switch::configure(&shared, &config).await });
+        }
         let mut workers = self.workers.lock().expect("engine workers poisoned");
         for app in config.apps.values() {
             let desired = Desired {

@@ -14,8 +14,11 @@
 
 use super::releases::{release_ref, run_spec};
 use super::shared::Shared;
-use crate::config::{Config, OnFailure};
+use super::switch;
+use crate::config::{Config, EnvConfig, OnFailure, RunConfig};
+use crate::runtime::ReleaseRef;
 use crate::store::{Deployment, DeploymentState, Journal};
+use crate::supervisor::RunSpec;
 use crate::vocab::{EnvChange, Verdict};
 use std::path::Path;
 use std::sync::Arc;
@@ -90,26 +93,70 @@ pub(super) async fn recover(shared: &Arc<Shared>, config: &Config) {
         };
         if let Some(run) = &env_cfg.run {
             let spec = run_spec(&shared.state_dir, app, env_cfg, run, &target);
-            match shared.supervisor.start(app, env, &target.id, spec).await {
-                Ok(()) => tracing::info!(app = %app, env = %env, release = %target.id, "started"),
-                Err(e) => {
-                    // Like a release whose directory is gone: recorded as
-                    // stopped, so the reconciler deploys the config's
-                    // version again instead of trusting a release that
-                    // cannot run (its binary deleted, say).
-                    tracing::error!(app = %app, env = %env, release = %target.id, error = %e,
-                        "could not start: recorded as stopped; the config's version is deployed again");
-                    let _ = journal.set_current_release(
-                        app,
-                        env,
-                        None,
-                        None,
-                        EnvChange::StoppedCouldNotStart,
-                    );
-                }
+            let started = start(shared, app, env_cfg, run, &target, spec).await;
+            if let Err(why) = started {
+                // Like a release whose directory is gone: recorded as
+                // stopped, so the reconciler deploys the config's
+                // version again instead of trusting a release that
+                // cannot run (its binary deleted, say).
+                tracing::error!(app = %app, env = %env, release = %target.id, error = %why,
+                    "could not start: recorded as stopped; the config's version is deployed again");
+                let _ = journal.set_current_release(
+                    app,
+                    env,
+                    None,
+                    None,
+                    EnvChange::StoppedCouldNotStart,
+                );
             }
         }
     }
+    // What a previous agent left running that no environment runs now.
+    for (pidfile, pid) in shared.supervisor.stop_unclaimed().await {
+        tracing::warn!(pidfile = %pidfile, pid, "stopped an app process a previous agent left running: its release does not run here any more");
+    }
+    switch::configure(shared, config).await;
+}
+
+/// Run `target` in `env` again: the process a previous agent left running
+/// if it is still there (adopted, not restarted), else a new one; behind
+/// the traffic layer, on a port of its own, noted as what serves.
+async fn start(
+    shared: &Arc<Shared>,
+    app: &str,
+    env: &EnvConfig,
+    run: &RunConfig,
+    target: &ReleaseRef,
+    spec: RunSpec,
+) -> Result<(), String> {
+    let supervisor = &shared.supervisor;
+    let adopted = supervisor
+        .claim(app, &env.name, &target.id, spec.clone())
+        .await;
+    match &env.traffic {
+        Some(traffic) => {
+            let port = match switch::port_of(shared, app, &env.name, &target.id) {
+                Some(port) if adopted => port,
+                _ => switch::start_beside(shared, app, env, run, traffic, target).await?,
+            };
+            switch::remember(shared, app, &env.name, traffic, &target.id, port).await;
+        }
+        None if adopted => {}
+        None => {
+            // Another release left running holds the port this one needs.
+            supervisor.stop_adopted(app, &env.name).await;
+            supervisor
+                .start(app, &env.name, &target.id, spec)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if adopted {
+        tracing::info!(app = %app, env = %env.name, release = %target.id, "still running: adopted, not restarted");
+    } else {
+        tracing::info!(app = %app, env = %env.name, release = %target.id, "started");
+    }
+    Ok(())
 }
 
 /// Whether `env` runs `current` because a deployment that failed its gate

@@ -97,6 +97,7 @@ pub(super) fn run_spec(
         env: vars,
         cwd,
         log_file: log_file(state_dir, app, &env.name),
+        port: None,
     }
 }
 

@@ -23,6 +23,7 @@ use super::guard::Unhealthy;
 use super::releases::{guard_target, release_ref, run_spec, startable};
 use super::shared::Shared;
 use super::steps::{StepCall, Subject};
+use super::switch;
 use crate::config::EnvConfig;
 use crate::runtime::ReleaseRef;
 use crate::store::DeploymentState;
@@ -47,6 +48,9 @@ pub(super) async fn roll_back_env(
         tracing::warn!(app = %app, env = %env.name, "{why}: stopping the environment");
         let _ = journal.set_current_release(app, &env.name, None, deployment, EnvChange::Stopped);
         let _ = shared.supervisor.stop(app, &env.name).await;
+        if env.traffic.is_some() {
+            switch::clear(shared, app, env).await;
+        }
         Err(RollbackError::Stopped {
             env: env.name.clone(),
             why,
@@ -78,12 +82,16 @@ pub(super) async fn roll_back_env(
             release,
             previous: Some(previous),
             attempt: 1,
+            port: switch::port_of(shared, app, &env.name, &release.id),
         },
     };
     if !env.on_rollback.is_empty() {
         // The failed release stops first: a restore must not race it.
         if env.run.is_some() {
-            let _ = shared.supervisor.stop(app, &env.name).await;
+            let _ = shared
+                .supervisor
+                .stop_release(app, &env.name, &failed.id)
+                .await;
         }
         for (i, step) in env.on_rollback.iter().enumerate() {
             let outcome = shared
@@ -109,18 +117,45 @@ pub(super) async fn roll_back_env(
             tracing::error!(app = %app, env = %env.name, step = %reactivate.role, error = %e, "rollback step failed");
         }
     }
-    if let Some(run) = &env.run {
-        let spec = run_spec(&shared.state_dir, app, env, run, target);
-        if let Err(e) = shared
-            .supervisor
-            .start(app, &env.name, &target.id, spec)
-            .await
-        {
-            let (release, why) = (target.id.clone(), e.to_string());
-            return stop(StopCause::RestartFailed { release, why }).await;
+    match (&env.run, &env.traffic) {
+        (Some(run), Some(traffic)) => {
+            // Still running (within `keep_previous`): a switch back.
+            // Otherwise it starts beside the failed release, which serves
+            // until the target listens.
+            let running = shared
+                .supervisor
+                .status_of(app, &env.name, &target.id)
+                .filter(|s| s.pid.is_some())
+                .and_then(|s| s.port);
+            let port = match running {
+                Some(port) => Ok(port),
+                None => switch::start_beside(shared, app, env, run, traffic, target).await,
+            };
+            let switched = match port {
+                Ok(port) => switch::switch(shared, app, env, &target.id, port).await,
+                Err(why) => Err(why),
+            };
+            if let Err(why) = switched {
+                let release = target.id.clone();
+                return stop(StopCause::RestartFailed { release, why }).await;
+            }
+            switch::retire_others(shared, app, env, &target.id, std::time::Duration::ZERO);
         }
+        (Some(run), None) => {
+            let spec = run_spec(&shared.state_dir, app, env, run, target);
+            if let Err(e) = shared
+                .supervisor
+                .start(app, &env.name, &target.id, spec)
+                .await
+            {
+                let (release, why) = (target.id.clone(), e.to_string());
+                return stop(StopCause::RestartFailed { release, why }).await;
+            }
+        }
+        (None, _) => {}
     }
     if let Some(health) = &env.health {
+        let port = switch::port_of(shared, app, &env.name, &target.id);
         let check = |attempt| StepCall {
             desired,
             deployment,
@@ -131,6 +166,7 @@ pub(super) async fn roll_back_env(
                 release: target,
                 previous: None,
                 attempt,
+                port,
             },
         };
         let end = bake::bake(&shared.steps, BakePolicy::recheck(health), check).await;

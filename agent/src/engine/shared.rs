@@ -9,7 +9,7 @@ use super::steps::Runner;
 use crate::store::Journal;
 use crate::supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,14 @@ pub(crate) struct Shared {
     pub notifier: Notifier,
     /// Deployments running at once (`parallel_deployments`).
     pub deploying: Arc<tokio::sync::Semaphore>,
+    /// The traffic layer of this state dir (`slipway proxy`).
+    pub traffic: crate::traffic::Control,
+    /// What serves each (app, environment) with `traffic` (`switch.rs`).
+    /// Held while the table is sent, so changes reach the proxy in order.
+    pub routes: tokio::sync::Mutex<BTreeMap<(String, String), crate::traffic::Route>>,
+    /// The traffic layer's figures, sampled for `slipway status` (`switch::sample`).
+    pub samples:
+        Mutex<std::collections::VecDeque<(tokio::time::Instant, crate::traffic::ProxyStatus)>>,
 }
 
 impl Shared {
@@ -53,9 +61,12 @@ impl Shared {
             steps,
             checks,
             supervisor,
-            state_dir,
+            state_dir: state_dir.clone(),
             approvals: Mutex::new(HashMap::new()),
             deploying: Arc::new(tokio::sync::Semaphore::new(parallel_deployments())),
+            traffic: crate::traffic::Control::new(&state_dir, std::env::current_exe().ok()),
+            routes: tokio::sync::Mutex::new(BTreeMap::new()),
+            samples: Mutex::new(std::collections::VecDeque::new()),
             journal,
         }
     }

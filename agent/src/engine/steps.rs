@@ -76,6 +76,9 @@ pub(super) enum Subject<'a> {
         release: &'a ReleaseRef,
         previous: Option<&'a ReleaseRef>,
         attempt: u32,
+        /// The release's own port (`traffic`): `${release.port}` and
+        /// `${release.addr}` in the step's params become it.
+        port: Option<u16>,
     },
     /// A deployment's state change, for a notify step: no release
     /// directory, since a notification has nothing to read on disk.
@@ -263,6 +266,7 @@ pub(super) fn prepare(call: &StepCall<'_>) -> Result<PreparedStep, StepOutcome> 
             release,
             previous,
             attempt,
+            port,
         } => {
             grants.dirs.push(DirGrant {
                 path: release.dir.clone(),
@@ -273,7 +277,7 @@ pub(super) fn prepare(call: &StepCall<'_>) -> Result<PreparedStep, StepOutcome> 
                 environment: call.env.map(str::to_string),
                 release: release.clone(),
                 previous_release: previous.cloned(),
-                params: step.params.clone(),
+                params: with_port(&step.params, port),
                 attempt,
             });
             let timeout = if kind == StepKind::Build {
@@ -322,6 +326,31 @@ pub(super) fn prepare(call: &StepCall<'_>) -> Result<PreparedStep, StepOutcome> 
         slot: OnceLock::new(),
         passed: OnceLock::new(),
     })
+}
+
+/// `params` with `${release.port}` and `${release.addr}` in every string
+/// replaced by the release's own port and `127.0.0.1:PORT` (left as they
+/// are without one: `slipway validate` refuses them outside `traffic`).
+pub(super) fn with_port(params: &serde_json::Value, port: Option<u16>) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(port) = port else {
+        return params.clone();
+    };
+    match params {
+        Value::String(s) if s.contains("${release.") => Value::String(
+            s.replace("${release.port}", &port.to_string())
+                .replace("${release.addr}", &format!("127.0.0.1:{port}")),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| with_port(v, Some(port))).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), with_port(v, Some(port))))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// A journaled step not finished yet.

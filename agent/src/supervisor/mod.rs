@@ -1,19 +1,25 @@
-//! The process supervisor: runs each (app, environment)'s current release as
-//! a child process of the agent and keeps it running.
+//! The process supervisor: runs each (app, environment, release) as a
+//! process of its own and keeps it running.
 //!
-//! One tokio task per (app, env) owns the `Child`. If the process exits on
-//! its own, the task restarts it with exponential backoff (500 ms doubling to
-//! 30 s, reset once a run lasted 10 s), so a crash-looping app neither spins
-//! the CPU nor stays down for long after a transient failure. `stop` asks the
-//! task to end over a oneshot channel; the task sends SIGTERM to the process
-//! group, gives it `grace`, then SIGKILLs the group. Signals go to the group,
-//! not the pid, because apps started through a shell or a launcher leave
-//! grandchildren that would otherwise keep running and hold the app's ports.
+//! One tokio task per (app, env, release) owns the process. If it exits on
+//! its own, the task restarts it with exponential backoff (500 ms doubling
+//! to 30 s, reset once a run lasted 10 s), so a crash-looping app neither
+//! spins the CPU nor stays down for long after a transient failure. `stop`
+//! asks the task to end: SIGTERM to the process group, `grace`, then
+//! SIGKILL to the group. Signals go to the group, not the pid, because
+//! apps started through a shell or a launcher leave grandchildren that
+//! would otherwise keep running and hold the app's ports.
 //!
-//! Each child writes its pid (= its pgid) to `<run_dir>/<app>.<env>.pid`.
-//! If the agent is killed with SIGKILL its children survive it; on the next
-//! start `kill_orphans` uses those files to kill them before anything binds
-//! the same ports.
+//! An environment runs one release, or two side by side while traffic
+//! moves from one to the other (`start_beside`); `start` replaces
+//! whatever ran there.
+//!
+//! Apps outlive the agent. Each process's pidfile names it by pid, start
+//! time and boot id (`pidfile.rs`); an agent that stops with `leave_all`
+//! (SIGTERM: a restart or an upgrade follows) leaves them running, and the
+//! next agent `adopt`s them: the engine `claim`s each one it still wants
+//! and the rest are stopped. A pidfile that no longer names a running
+//! process is removed without signalling anyone.
 //!
 //! It is not a deployment engine: it does not decide what runs, check health
 //! or roll back; it runs what it is told until told otherwise. Output goes
@@ -21,11 +27,14 @@
 //! keep flowing even while the agent is down. The library never prints; it
 //! reports through `tracing`.
 
+mod pidfile;
 mod process;
+mod task;
 #[cfg(test)]
 mod tests;
 
-use process::{group_exists, read_pidfile, signal_group, write_pidfile};
+pub use pidfile::Pidfile;
+use process::signal_group;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -33,10 +42,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::process::Child;
+use task::{Running, Task};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// First delay before restarting a process that exited on its own.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -60,6 +68,9 @@ pub struct RunSpec {
     pub cwd: PathBuf,
     /// File that stdout and stderr are appended to (parents are created).
     pub log_file: PathBuf,
+    /// The release's own port (set in `env` as PORT by the caller),
+    /// recorded in its pidfile so the next agent knows where it listens.
+    pub port: Option<u16>,
 }
 
 /// What `status` reports about one supervised (app, env).
@@ -73,6 +84,9 @@ pub struct ProcessStatus {
     pub restarts: u32,
     /// How the last run ended (e.g. `exit status: 1`), if one has.
     pub last_exit: Option<String>,
+    /// Its own port, with `traffic`.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// Why the supervisor could not do what was asked.
@@ -130,18 +144,20 @@ pub enum SupervisorError {
     },
 }
 
-/// Supervises one child process per (app, env).
+/// Supervises one process per (app, env, release).
 pub struct Supervisor {
     run_dir: PathBuf,
     grace: Duration,
     slots: Arc<Mutex<HashMap<Key, Slot>>>,
+    /// Processes a previous agent left running, until claimed or stopped.
+    adopted: Mutex<Vec<Pidfile>>,
     next_gen: AtomicU64,
 }
 
-/// (app, env).
-type Key = (String, String);
+/// (app, env, release).
+type Key = (String, String, String);
 
-/// One supervised (app, env): its status and the handle on its task.
+/// One supervised process: its status and the handle on its task.
 struct Slot {
     /// Which start this slot belongs to; a task only updates its own slot.
     generation: u64,
@@ -149,9 +165,18 @@ struct Slot {
     control: Control,
 }
 
-/// How to stop a supervising task and wait for it.
+/// How a supervising task is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Stop the process.
+    Stop,
+    /// Leave it running for the next agent to adopt.
+    Leave,
+}
+
+/// How to end a supervising task and wait for it.
 struct Control {
-    stop: oneshot::Sender<()>,
+    end: oneshot::Sender<Ending>,
     task: JoinHandle<()>,
 }
 
@@ -162,6 +187,7 @@ impl Supervisor {
             run_dir,
             grace,
             slots: Arc::new(Mutex::new(HashMap::new())),
+            adopted: Mutex::new(Vec::new()),
             next_gen: AtomicU64::new(1),
         }
     }
@@ -180,7 +206,8 @@ impl Supervisor {
         Ok(program)
     }
 
-    /// Run `spec` for (app, env) as `release_id`, replacing whatever ran there; errs if it cannot be spawned.
+    /// Run `spec` for (app, env) as `release_id`, replacing whatever ran
+    /// there; errs if it cannot be spawned.
     pub async fn start(
         &self,
         app: &str,
@@ -193,12 +220,31 @@ impl Supervisor {
         // start (the journal already names the new release); callers that
         // must not lose what runs ask `check` first.
         self.stop(app, env).await?;
+        self.start_beside(app, env, release_id, spec).await
+    }
+
+    /// Run `spec` for (app, env) as `release_id` beside what runs there
+    /// (another release keeps running); a process of the same release is
+    /// replaced.
+    pub async fn start_beside(
+        &self,
+        app: &str,
+        env: &str,
+        release_id: &str,
+        spec: RunSpec,
+    ) -> Result<(), SupervisorError> {
+        check_names(app, env)?;
+        self.stop_release(app, env, release_id).await?;
         let program = self.check(app, env, &spec)?;
-        let (mut child, pid) = process::spawn(app, env, &spec, &program)?;
-        let pidfile = self.pidfile(app, env);
-        if let Err(source) = write_pidfile(&self.run_dir, &pidfile, pid) {
-            // Untracked, it would outlive an agent crash: do not leave it running.
+        let (child, pid) = process::spawn(app, env, &spec, &program)?;
+        let pidfile = self.pidfile(app, env, release_id);
+        let recorded = Pidfile::of(pid, app, env, release_id, spec.port)
+            .ok_or_else(|| std::io::Error::other("the process is already gone"))
+            .and_then(|record| record.write(&self.run_dir, &pidfile));
+        if let Err(source) = recorded {
+            // Untracked, it would outlive the agent unnoticed: do not leave it running.
             let _ = signal_group(pid, libc::SIGKILL);
+            let mut child = child;
             let _ = child.wait().await;
             return Err(SupervisorError::Pidfile {
                 app: app.to_string(),
@@ -209,13 +255,38 @@ impl Supervisor {
             });
         }
         tracing::info!(app, env, release = release_id, pid, command = %program.display(), "app process started");
+        self.supervise(
+            app,
+            env,
+            release_id,
+            spec,
+            program,
+            pidfile,
+            Running::Child(child),
+            pid,
+        )
+        .await
+    }
 
-        let key = (app.to_string(), env.to_string());
+    /// Give the task of (app, env, release) the running process.
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        &self,
+        app: &str,
+        env: &str,
+        release_id: &str,
+        spec: RunSpec,
+        program: PathBuf,
+        pidfile: PathBuf,
+        running: Running,
+        pid: u32,
+    ) -> Result<(), SupervisorError> {
+        let key = (app.to_string(), env.to_string(), release_id.to_string());
         let generation = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let (end_tx, end_rx) = oneshot::channel();
+        let port = spec.port;
         let task = Task {
             key: key.clone(),
-            release: release_id.to_string(),
             generation,
             spec,
             program,
@@ -226,7 +297,7 @@ impl Supervisor {
         };
         let displaced = {
             let mut slots = lock(&self.slots);
-            let handle = tokio::spawn(task.run(child, pid, stop_rx));
+            let handle = tokio::spawn(task.run(running, pid, end_rx));
             let slot = Slot {
                 generation,
                 status: ProcessStatus {
@@ -234,37 +305,72 @@ impl Supervisor {
                     pid: Some(pid),
                     restarts: 0,
                     last_exit: None,
+                    port,
                 },
                 control: Control {
-                    stop: stop_tx,
+                    end: end_tx,
                     task: handle,
                 },
             };
             slots.insert(key, slot)
         };
-        // Only when another start for the same (app, env) raced this one.
+        // Only when another start for the same release raced this one.
         if let Some(old) = displaced {
-            finish(app, env, old.control).await?;
+            finish(app, env, old.control, Ending::Stop).await?;
         }
         Ok(())
     }
 
-    /// Stop (app, env)'s process: SIGTERM to its group, SIGKILL after the grace; no-op if nothing runs.
+    /// Stop every process of (app, env): SIGTERM to its group, SIGKILL after the grace; no-op if nothing runs.
     pub async fn stop(&self, app: &str, env: &str) -> Result<(), SupervisorError> {
-        let slot = lock(&self.slots).remove(&(app.to_string(), env.to_string()));
+        let slots: Vec<Slot> = {
+            let mut slots = lock(&self.slots);
+            let keys: Vec<Key> = slots
+                .keys()
+                .filter(|(a, e, _)| a == app && e == env)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| slots.remove(k)).collect()
+        };
+        for slot in slots {
+            finish(app, env, slot.control, Ending::Stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Stop one release's process in (app, env); no-op if it does not run.
+    pub async fn stop_release(
+        &self,
+        app: &str,
+        env: &str,
+        release: &str,
+    ) -> Result<(), SupervisorError> {
+        let key = (app.to_string(), env.to_string(), release.to_string());
+        let slot = lock(&self.slots).remove(&key);
         match slot {
-            Some(slot) => finish(app, env, slot.control).await,
+            Some(slot) => finish(app, env, slot.control, Ending::Stop).await,
             None => Ok(()),
         }
     }
 
-    /// Stop every supervised process, in parallel; for agent shutdown.
+    /// Stop every supervised process, in parallel; for an agent that stops
+    /// its apps with it (Ctrl-C).
     pub async fn stop_all(&self) {
+        self.end_all(Ending::Stop).await;
+    }
+
+    /// Stop supervising, leaving every process running with its pidfile,
+    /// for the next agent to adopt (SIGTERM: a restart or upgrade).
+    pub async fn leave_all(&self) {
+        self.end_all(Ending::Leave).await;
+    }
+
+    async fn end_all(&self, ending: Ending) {
         let slots: Vec<(Key, Slot)> = lock(&self.slots).drain().collect();
         // Signal every task first so the grace periods run concurrently.
         let mut waiting = Vec::new();
-        for ((app, env), slot) in slots {
-            let _ = slot.control.stop.send(());
+        for ((app, env, _), slot) in slots {
+            let _ = slot.control.end.send(ending);
             waiting.push((app, env, slot.control.task));
         }
         for (app, env, task) in waiting {
@@ -274,20 +380,48 @@ impl Supervisor {
         }
     }
 
-    /// The state of (app, env)'s process, if it is supervised.
+    /// The process of (app, env) started last, if any is supervised.
     pub fn status(&self, app: &str, env: &str) -> Option<ProcessStatus> {
         lock(&self.slots)
-            .get(&(app.to_string(), env.to_string()))
-            .map(|slot| slot.status.clone())
+            .iter()
+            .filter(|((a, e, _), _)| a == app && e == env)
+            .max_by_key(|(_, slot)| slot.generation)
+            .map(|(_, slot)| slot.status.clone())
     }
 
-    /// SIGKILL the process groups named by pidfiles a previous agent left in `run_dir`; returns (pidfile name, pid) killed.
-    ///
-    /// Call once at agent start, before `start`. A group is killed only if it
-    /// still exists (`kill(-pid, 0)`, which also catches grandchildren whose
-    /// leader died), the pid is > 1, and it is not the agent's own group.
-    /// Every pidfile is removed.
-    pub fn kill_orphans(&self) -> Vec<(String, u32)> {
+    /// The process of one release in (app, env), if supervised.
+    pub fn status_of(&self, app: &str, env: &str, release: &str) -> Option<ProcessStatus> {
+        let key = (app.to_string(), env.to_string(), release.to_string());
+        lock(&self.slots).get(&key).map(|slot| slot.status.clone())
+    }
+
+    /// Every release supervised in (app, env).
+    pub fn releases(&self, app: &str, env: &str) -> Vec<ProcessStatus> {
+        let slots = lock(&self.slots);
+        let mut list: Vec<(u64, ProcessStatus)> = slots
+            .iter()
+            .filter(|((a, e, _), _)| a == app && e == env)
+            .map(|(_, slot)| (slot.generation, slot.status.clone()))
+            .collect();
+        list.sort_by_key(|(g, _)| *g);
+        list.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// The ports supervised processes were given (a new release gets another).
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = lock(&self.slots)
+            .values()
+            .filter_map(|s| s.status.port)
+            .collect();
+        ports.extend(self.adopted_lock().iter().filter_map(|p| p.port));
+        ports
+    }
+
+    /// Read the pidfiles a previous agent left in `run_dir`: a process
+    /// still running (same pid, start time and boot) is held for
+    /// [`Self::claim`]; any other pidfile is removed without signalling
+    /// anyone. Returns what was found running. Call once at agent start.
+    pub fn adopt(&self) -> Vec<Pidfile> {
         let entries = match std::fs::read_dir(&self.run_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -296,7 +430,7 @@ impl Supervisor {
                 return Vec::new();
             }
         };
-        let mut killed = Vec::new();
+        let mut found = Vec::new();
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
@@ -305,28 +439,136 @@ impl Supervisor {
                 continue;
             }
             let path = entry.path();
-            match read_pidfile(&path) {
-                Some(pid) if pid > 1 && group_exists(pid) => match signal_group(pid, libc::SIGKILL)
+            let keep = match Pidfile::read(&path) {
+                Ok(record)
+                    if record.alive()
+                        && path == self.pidfile(&record.app, &record.env, &record.release) =>
                 {
-                    Ok(()) => killed.push((name.clone(), pid)),
-                    Err(e) => {
-                        tracing::warn!(pidfile = %name, pid, error = %e, "cannot kill a leftover process group")
-                    }
-                },
-                Some(pid) => tracing::debug!(pidfile = %name, pid, "stale pidfile: process gone"),
-                None => tracing::warn!(pidfile = %name, "pidfile without a pid"),
-            }
-            if let Err(e) = std::fs::remove_file(&path) {
+                    found.push(record);
+                    true
+                }
+                Ok(record) => {
+                    tracing::debug!(pidfile = %name, pid = record.pid, "pidfile of a process that is gone");
+                    false
+                }
+                Err(why) => {
+                    tracing::warn!(pidfile = %name, "ignoring the pidfile: {why}; nothing is signalled");
+                    false
+                }
+            };
+            if !keep && let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(pidfile = %name, error = %e, "cannot remove pidfile");
             }
         }
-        killed.sort();
-        killed
+        found.sort_by(|a, b| (&a.app, &a.env, &a.release).cmp(&(&b.app, &b.env, &b.release)));
+        *self.adopted_lock() = found.clone();
+        found
     }
 
-    /// `<run_dir>/<app>.<env>.pid`.
-    fn pidfile(&self, app: &str, env: &str) -> PathBuf {
-        self.run_dir.join(format!("{app}.{env}.pid"))
+    /// The adopted processes of (app, env) not claimed yet.
+    pub fn adopted(&self, app: &str, env: &str) -> Vec<Pidfile> {
+        self.adopted_lock()
+            .iter()
+            .filter(|p| p.app == app && p.env == env)
+            .cloned()
+            .collect()
+    }
+
+    /// Supervise the adopted process of (app, env, release) as if this
+    /// agent had started it from `spec` (a restart uses `spec`). `false`
+    /// if no such process was adopted, or it is gone by now.
+    pub async fn claim(&self, app: &str, env: &str, release: &str, spec: RunSpec) -> bool {
+        let record = {
+            let mut adopted = self.adopted_lock();
+            let at = adopted
+                .iter()
+                .position(|p| p.app == app && p.env == env && p.release == release);
+            match at {
+                Some(i) => adopted.remove(i),
+                None => return false,
+            }
+        };
+        let Ok(program) = self.check(app, env, &spec) else {
+            return false;
+        };
+        let Some(running) = Running::adopted(&record) else {
+            return false;
+        };
+        let pidfile = self.pidfile(app, env, release);
+        let mut spec = RunSpec {
+            port: record.port,
+            ..spec
+        };
+        if let Some(port) = record.port {
+            // Restarted after a crash, it keeps the port traffic goes to.
+            spec.env.insert("PORT".into(), port.to_string());
+        }
+        tracing::info!(
+            app,
+            env,
+            release,
+            pid = record.pid,
+            "adopted the app process a previous agent left running"
+        );
+        self.supervise(
+            app, env, release, spec, program, pidfile, running, record.pid,
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Stop the adopted processes nobody claimed (their release is no
+    /// longer wanted); returns (pidfile name, pid) of each.
+    pub async fn stop_unclaimed(&self) -> Vec<(String, u32)> {
+        let left: Vec<Pidfile> = std::mem::take(&mut *self.adopted_lock());
+        self.stop_records(left).await
+    }
+
+    /// Stop the unclaimed adopted processes of (app, env) (before a
+    /// release starts on the port they hold).
+    pub async fn stop_adopted(&self, app: &str, env: &str) -> Vec<(String, u32)> {
+        let left: Vec<Pidfile> = {
+            let mut adopted = self.adopted_lock();
+            let (these, others) = std::mem::take(&mut *adopted)
+                .into_iter()
+                .partition(|p| p.app == app && p.env == env);
+            *adopted = others;
+            these
+        };
+        self.stop_records(left).await
+    }
+
+    async fn stop_records(&self, left: Vec<Pidfile>) -> Vec<(String, u32)> {
+        let mut stopped = Vec::new();
+        for record in left {
+            if !record.alive() {
+                continue;
+            }
+            let name = format!("{}.{}.{}.pid", record.app, record.env, record.release);
+            if let Some(running) = Running::adopted(&record) {
+                task::terminate(
+                    &record.app,
+                    &record.env,
+                    &record.release,
+                    running,
+                    record.pid,
+                    self.grace,
+                )
+                .await;
+                stopped.push((name, record.pid));
+            }
+            let _ = std::fs::remove_file(self.pidfile(&record.app, &record.env, &record.release));
+        }
+        stopped
+    }
+
+    fn adopted_lock(&self) -> MutexGuard<'_, Vec<Pidfile>> {
+        self.adopted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `<run_dir>/<app>.<env>.<release>.pid`.
+    fn pidfile(&self, app: &str, env: &str, release: &str) -> PathBuf {
+        self.run_dir.join(format!("{app}.{env}.{release}.pid"))
     }
 }
 
@@ -376,170 +618,17 @@ fn lock(slots: &Mutex<HashMap<Key, Slot>>) -> MutexGuard<'_, HashMap<Key, Slot>>
     slots.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Tell a task to stop its process and wait until it has.
-async fn finish(app: &str, env: &str, control: Control) -> Result<(), SupervisorError> {
-    let _ = control.stop.send(());
+/// Tell a task to end and wait until it has.
+async fn finish(
+    app: &str,
+    env: &str,
+    control: Control,
+    ending: Ending,
+) -> Result<(), SupervisorError> {
+    let _ = control.end.send(ending);
     control.task.await.map_err(|e| SupervisorError::Stop {
         app: app.to_string(),
         env: env.to_string(),
         reason: e.to_string(),
     })
-}
-
-/// Everything the supervising task of one (app, env) needs.
-struct Task {
-    key: Key,
-    release: String,
-    generation: u64,
-    spec: RunSpec,
-    program: PathBuf,
-    pidfile: PathBuf,
-    run_dir: PathBuf,
-    grace: Duration,
-    slots: Arc<Mutex<HashMap<Key, Slot>>>,
-}
-
-impl Task {
-    /// Keep the process running until `stop` fires (or its sender is dropped).
-    async fn run(self, mut child: Child, mut pid: u32, mut stop: oneshot::Receiver<()>) {
-        let (app, env, release) = (
-            self.key.0.as_str(),
-            self.key.1.as_str(),
-            self.release.as_str(),
-        );
-        let mut backoff = BACKOFF_START;
-        let mut started = Instant::now();
-        loop {
-            let exited = tokio::select! {
-                exited = child.wait() => exited,
-                _ = &mut stop => {
-                    self.terminate(&mut child, pid).await;
-                    self.remove_pidfile(pid);
-                    return;
-                }
-            };
-            let how = match exited {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("cannot wait for it: {e}"),
-            };
-            if group_exists(pid) {
-                // Its leftovers would hold the ports the restart needs.
-                tracing::info!(
-                    app,
-                    env,
-                    release,
-                    pid,
-                    "killing what is left of the exited process's group"
-                );
-                let _ = signal_group(pid, libc::SIGKILL);
-            }
-            if started.elapsed() >= BACKOFF_RESET {
-                backoff = BACKOFF_START;
-            }
-            tracing::warn!(app, env, release, pid, status = %how, backoff_ms = backoff.as_millis() as u64,
-                "app process exited; restarting");
-            self.update(|s| {
-                s.pid = None;
-                s.last_exit = Some(how);
-            });
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => {
-                        self.remove_pidfile(pid);
-                        return;
-                    }
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                let respawn = process::check_cwd(app, env, &self.spec)
-                    .and_then(|()| process::check_program(app, env, &self.program))
-                    .and_then(|()| process::spawn(app, env, &self.spec, &self.program));
-                match respawn {
-                    Ok((new_child, new_pid)) => {
-                        (child, pid) = (new_child, new_pid);
-                        started = Instant::now();
-                        if let Err(e) = write_pidfile(&self.run_dir, &self.pidfile, pid) {
-                            tracing::warn!(app, env, release, pid, error = %e, "cannot write pidfile");
-                        }
-                        tracing::info!(app, env, release, pid, "app process restarted");
-                        self.update(|s| {
-                            s.pid = Some(pid);
-                            s.restarts = s.restarts.saturating_add(1);
-                        });
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(app, env, release, error = %e, backoff_ms = backoff.as_millis() as u64,
-                            "cannot restart app process");
-                        self.update(|s| s.last_exit = Some(format!("could not restart: {e}")));
-                    }
-                }
-            }
-        }
-    }
-
-    /// SIGTERM the group, wait up to `grace` for it to empty, SIGKILL what is left, reap the leader.
-    async fn terminate(&self, child: &mut Child, pid: u32) {
-        let (app, env, release) = (
-            self.key.0.as_str(),
-            self.key.1.as_str(),
-            self.release.as_str(),
-        );
-        if let Err(e) = signal_group(pid, libc::SIGTERM)
-            && e.raw_os_error() != Some(libc::ESRCH)
-        {
-            tracing::warn!(app, env, release, pid, error = %e, "cannot send SIGTERM");
-        }
-        let deadline = Instant::now() + self.grace;
-        let mut exited = tokio::time::timeout_at(deadline, child.wait()).await.ok();
-        if exited.is_some() {
-            // The leader is gone; give the rest of its group the remaining grace.
-            while group_exists(pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        if group_exists(pid) {
-            tracing::warn!(
-                app,
-                env,
-                release,
-                pid,
-                grace_ms = self.grace.as_millis() as u64,
-                "app process did not stop within the grace period; sending SIGKILL"
-            );
-            if let Err(e) = signal_group(pid, libc::SIGKILL) {
-                tracing::warn!(app, env, release, pid, error = %e, "cannot send SIGKILL");
-            }
-        }
-        if exited.is_none() {
-            exited = Some(child.wait().await);
-        }
-        match exited {
-            Some(Ok(status)) => {
-                tracing::info!(app, env, release, pid, status = %status, "app process stopped")
-            }
-            Some(Err(e)) => {
-                tracing::warn!(app, env, release, pid, error = %e, "cannot wait for the app process")
-            }
-            None => {}
-        }
-    }
-
-    /// Remove the pidfile if it still names our process (a newer start may own it).
-    fn remove_pidfile(&self, pid: u32) {
-        if read_pidfile(&self.pidfile) == Some(pid)
-            && let Err(e) = std::fs::remove_file(&self.pidfile)
-        {
-            tracing::warn!(pidfile = %self.pidfile.display(), error = %e, "cannot remove pidfile");
-        }
-    }
-
-    /// Change our slot's status, if the slot is still ours.
-    fn update(&self, change: impl FnOnce(&mut ProcessStatus)) {
-        if let Some(slot) = lock(&self.slots).get_mut(&self.key)
-            && slot.generation == self.generation
-        {
-            change(&mut slot.status);
-        }
-    }
 }

@@ -273,19 +273,3 @@ pub(super) fn group_exists(pgid: u32) -> bool {
         Err(e) => e.raw_os_error() == Some(libc::EPERM),
     }
 }
-
-/// Read the pid in a pidfile, if it holds one.
-pub(super) fn read_pidfile(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Write `pid` to `path` atomically (temp file, then rename), creating
-/// `run_dir` if needed.
-pub(super) fn write_pidfile(run_dir: &Path, path: &Path, pid: u32) -> io::Result<()> {
-    std::fs::create_dir_all(run_dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{pid}\n"))?;
-    std::fs::rename(&tmp, path)
-}

@@ -2,6 +2,12 @@
 
 use super::*;
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// The pid a test script wrote to a file.
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
 
 fn spec(dir: &Path, script: &str) -> RunSpec {
     RunSpec {
@@ -10,6 +16,7 @@ fn spec(dir: &Path, script: &str) -> RunSpec {
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         cwd: dir.to_path_buf(),
         log_file: dir.join("logs").join("app").join("prod.log"),
+        port: None,
     }
 }
 
@@ -68,11 +75,8 @@ async fn output_lands_in_the_log_file() {
     let pid = status.pid.unwrap();
     assert_eq!(status.release_id, "r1");
     assert_eq!(status.restarts, 0);
-    let pidfile = dir.path().join("run").join("app.prod.pid");
-    assert_eq!(
-        std::fs::read_to_string(&pidfile).unwrap().trim(),
-        pid.to_string()
-    );
+    let pidfile = dir.path().join("run").join("app.prod.r1.pid");
+    assert_eq!(Pidfile::read(&pidfile).unwrap().pid, pid);
 
     assert!(
         wait_for(Duration::from_secs(2), || std::fs::read_to_string(&log)
@@ -128,7 +132,7 @@ async fn a_crashing_process_is_restarted_with_backoff() {
 
     sup.stop("app", "prod").await.unwrap();
     assert!(sup.status("app", "prod").is_none());
-    assert!(!dir.path().join("run").join("app.prod.pid").exists());
+    assert!(!dir.path().join("run").join("app.prod.r1.pid").exists());
 }
 
 #[tokio::test]
@@ -173,8 +177,8 @@ async fn stop_kills_a_group_that_ignores_sigterm_after_the_grace() {
         .unwrap();
     let pid = sup.status("app", "prod").unwrap().pid.unwrap();
 
-    assert!(wait_for(Duration::from_secs(2), || read_pidfile(&gc_file).is_some()).await);
-    let grandchild = read_pidfile(&gc_file).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || read_pid(&gc_file).is_some()).await);
+    let grandchild = read_pid(&gc_file).unwrap();
     assert!(alive(grandchild));
 
     let begun = Instant::now();
@@ -187,7 +191,7 @@ async fn stop_kills_a_group_that_ignores_sigterm_after_the_grace() {
         wait_for(Duration::from_secs(1), || !alive(grandchild)).await,
         "grandchild {grandchild} survived"
     );
-    assert!(!dir.path().join("run").join("app.prod.pid").exists());
+    assert!(!dir.path().join("run").join("app.prod.r1.pid").exists());
 }
 
 #[tokio::test]
@@ -207,8 +211,9 @@ async fn starting_again_replaces_the_running_process() {
     assert_ne!(first, second);
     assert!(!alive(first));
     assert!(alive(second));
-    let pidfile = dir.path().join("run").join("app.prod.pid");
-    assert_eq!(read_pidfile(&pidfile), Some(second));
+    let pidfile = dir.path().join("run").join("app.prod.r2.pid");
+    assert_eq!(Pidfile::read(&pidfile).unwrap().pid, second);
+    assert!(!dir.path().join("run").join("app.prod.r1.pid").exists());
 
     sup.start("app", "staging", "r2", spec(dir.path(), "exec sleep 100"))
         .await
@@ -265,7 +270,7 @@ async fn a_missing_binary_is_an_error_naming_it() {
     assert!(sup.start("web", "prod", "r2", missing).await.is_err());
     assert!(sup.status("web", "prod").is_none());
     assert!(!alive(pid));
-    assert!(!dir.path().join("run").join("web.prod.pid").exists());
+    assert!(!dir.path().join("run").join("web.prod.r1.pid").exists());
 
     let bad_name = sup
         .start("../x", "prod", "r1", spec(dir.path(), "true"))
@@ -275,44 +280,120 @@ async fn a_missing_binary_is_an_error_naming_it() {
 }
 
 #[tokio::test]
-async fn kill_orphans_kills_recorded_process_groups() {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
+async fn a_new_supervisor_adopts_what_the_last_one_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = supervisor(dir.path(), Duration::from_secs(1));
+    first
+        .start("web", "prod", "r1", spec(dir.path(), "exec sleep 100"))
+        .await
+        .unwrap();
+    first
+        .start("web", "staging", "r1", spec(dir.path(), "exec sleep 100"))
+        .await
+        .unwrap();
+    let prod = first.status("web", "prod").unwrap().pid.unwrap();
+    let staging = first.status("web", "staging").unwrap().pid.unwrap();
+    first.leave_all().await;
+    assert!(alive(prod) && alive(staging), "left running");
+
+    let second = supervisor(dir.path(), Duration::from_secs(1));
+    let found = second.adopt();
+    let names: Vec<_> = found.iter().map(|p| (p.env.as_str(), p.pid)).collect();
+    assert_eq!(names, [("prod", prod), ("staging", staging)]);
+    // prod is claimed and supervised: the same process, not a restart.
+    assert!(
+        second
+            .claim("web", "prod", "r1", spec(dir.path(), "exec sleep 100"))
+            .await
+    );
+    assert_eq!(second.status("web", "prod").unwrap().pid, Some(prod));
+    // staging is not wanted any more: stopped.
+    let stopped = second.stop_unclaimed().await;
+    assert_eq!(stopped, [("web.staging.r1.pid".to_string(), staging)]);
+    assert!(wait_for(Duration::from_secs(5), || !alive(staging)).await);
+
+    // An adopted process that dies is restarted like a child.
+    // SAFETY: signalling a process of ours.
+    unsafe { libc::kill(prod as i32, libc::SIGKILL) };
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            second
+                .status("web", "prod")
+                .is_some_and(|s| s.restarts == 1 && s.pid.is_some_and(|p| p != prod))
+        })
+        .await,
+        "{:?}",
+        second.status("web", "prod")
+    );
+    second.stop_all().await;
+    assert!(second.status("web", "prod").is_none());
+}
+
+#[tokio::test]
+async fn pidfiles_that_name_nobody_are_removed_and_nobody_is_signalled() {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
-
-    let mut orphan = std::process::Command::new("sleep")
+    // An unrelated process whose bare pid an older agent left behind.
+    let mut unrelated = std::process::Command::new("sleep")
         .arg("100")
         .process_group(0)
         .spawn()
         .unwrap();
-    let pid = orphan.id();
+    let pid = unrelated.id();
     std::fs::write(run.join("app.prod.pid"), format!("{pid}\n")).unwrap();
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let gone_pid = gone.id();
-    gone.wait().unwrap();
-    std::fs::write(run.join("app.staging.pid"), gone_pid.to_string()).unwrap();
-    std::fs::write(run.join("init.prod.pid"), "1").unwrap();
+    // The same pid recorded with another start time: a reused pid.
+    let mut reused = Pidfile::of(pid, "app", "staging", "r1", None).unwrap();
+    reused.start_time += 1;
+    reused.write(&run, &run.join("app.staging.r1.pid")).unwrap();
     std::fs::write(run.join("junk.prod.pid"), "not a pid").unwrap();
     std::fs::write(run.join("notes.txt"), "kept").unwrap();
 
     let sup = supervisor(dir.path(), Duration::from_secs(1));
-    let killed = sup.kill_orphans();
-    assert_eq!(killed, vec![("app.prod.pid".to_string(), pid)]);
-    let status = orphan.wait().unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(sup.adopt().is_empty());
+    assert!(sup.stop_unclaimed().await.is_empty());
+    assert!(alive(pid), "an unrelated process was signalled");
     let left: Vec<_> = std::fs::read_dir(&run)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("notes.txt")]);
+    unrelated.kill().unwrap();
+    unrelated.wait().unwrap();
 
     // No run directory at all: nothing to do.
     assert!(
         supervisor(&dir.path().join("nope"), Duration::from_secs(1))
-            .kill_orphans()
+            .adopt()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn two_releases_run_side_by_side_and_stop_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(dir.path(), Duration::from_secs(1));
+    sup.start("web", "prod", "r1", spec(dir.path(), "exec sleep 100"))
+        .await
+        .unwrap();
+    sup.start_beside("web", "prod", "r2", spec(dir.path(), "exec sleep 100"))
+        .await
+        .unwrap();
+    let r1 = sup.status_of("web", "prod", "r1").unwrap().pid.unwrap();
+    let r2 = sup.status_of("web", "prod", "r2").unwrap().pid.unwrap();
+    assert!(alive(r1) && alive(r2));
+    let releases: Vec<_> = sup
+        .releases("web", "prod")
+        .into_iter()
+        .map(|s| s.release_id)
+        .collect();
+    assert_eq!(releases, ["r1", "r2"]);
+    assert_eq!(sup.status("web", "prod").unwrap().release_id, "r2");
+    sup.stop_release("web", "prod", "r1").await.unwrap();
+    assert!(!alive(r1) && alive(r2));
+    sup.stop("web", "prod").await.unwrap();
+    assert!(!alive(r2));
 }
 
 #[test]

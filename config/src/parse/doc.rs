@@ -19,6 +19,8 @@ pub(super) struct Doc<'a> {
     pub(super) secret_names: Vec<String>,
     /// `[agent] state_dir`, for checking that no grant reaches into it.
     pub(super) state_dir: Option<PathBuf>,
+    /// Each `traffic.listen` seen: (address, where, `[apps.A.environments.E]`).
+    pub(super) listens: Vec<(std::net::SocketAddr, Range<usize>, String)>,
 }
 
 impl<'a> Doc<'a> {
@@ -173,6 +175,18 @@ impl<'a> Doc<'a> {
                 self.error(v.span(), format!("{what} must be longer than zero"));
                 None
             }
+            Err(e) => {
+                self.error(v.span(), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A duration that may be zero ("0s": none of that wait).
+    pub(super) fn duration_or_zero(&mut self, v: &Value<'_>, what: &str) -> Option<Duration> {
+        let text = self.string(v, what)?;
+        match parse_duration(&text) {
+            Ok(d) => Some(d),
             Err(e) => {
                 self.error(v.span(), format!("{what}: {e}"));
                 None

@@ -27,6 +27,7 @@ pub(super) fn parse(file: &Path, text: &str) -> (Option<Config>, Vec<ConfigError
         errors: Vec::new(),
         warnings: Vec::new(),
         secret_names: Vec::new(),
+        listens: Vec::new(),
         state_dir: None,
     };
     let root = match DeTable::parse(text) {
