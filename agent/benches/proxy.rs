@@ -8,7 +8,9 @@
 //! each proxy gets one core to itself and figures are per core.
 //!
 //! - closed loops with `wrk` (50 connections, `SLIPWAY_PROXY_BENCH_SECS`
-//!   each, default 8): keep-alive, and a new connection per request;
+//!   each, default 8; `SLIPWAY_PROXY_BENCH_ROUNDS` rounds, default 3,
+//!   interleaved, medians reported): keep-alive, and a new connection per
+//!   request;
 //!   requests per second, p50 and p99, for the app straight, Slipway and
 //!   nginx, and the ratio Slipway / nginx;
 //! - a fixed rate (2,000 requests a second over 16 keep-alive connections,
@@ -47,6 +49,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
+    let rounds: usize = std::env::var("SLIPWAY_PROXY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let app = port();
     let app_b = port();
@@ -72,14 +78,14 @@ fn main() {
     };
     rt.block_on(control.apply(vec![route(app, "release-a")]))
         .expect("the proxy takes the route");
-    let nginx = spawn_nginx(dir.path(), nginx_port, app);
+    let nginx = Nginx(spawn_nginx(dir.path(), nginx_port, app));
     for p in [app, app_b, slipway_port, nginx_port] {
         wait_listening(p);
     }
     pin_self(1);
 
     println!(
-        "# traffic layer bench: {secs} s per run, proxies on core 0, app and load on core 1\n"
+        "# traffic layer bench: {rounds} interleaved rounds of {secs} s per target, medians; proxies on core 0, app and load on core 1\n"
     );
     let targets = [
         ("app straight", app),
@@ -90,9 +96,21 @@ fn main() {
         println!("## closed loop, wrk -c50, {title}\n");
         println!("| target | requests/s | p50 | p99 |");
         println!("| --- | ---: | ---: | ---: |");
+        // Rounds interleave the targets, so a noisy second hits all three;
+        // each figure is the median of its rounds.
+        let mut runs: Vec<Vec<Wrk>> = targets.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (_, port)) in targets.iter().enumerate() {
+                runs[i].push(wrk(*port, secs, close));
+            }
+        }
         let mut results = Vec::new();
-        for (name, port) in targets {
-            let r = wrk(port, secs, close);
+        for ((name, _), r) in targets.iter().zip(runs) {
+            let r = Wrk {
+                rps: median(r.iter().map(|w| w.rps).collect()),
+                p50: median(r.iter().map(|w| w.p50).collect()),
+                p99: median(r.iter().map(|w| w.p99).collect()),
+            };
             println!("| {name} | {:.0} | {} | {} |", r.rps, us(r.p50), us(r.p99));
             results.push(r);
         }
@@ -107,9 +125,18 @@ fn main() {
     println!("## fixed rate: 2000 requests/s over 16 keep-alive connections, {secs} s\n");
     println!("| target | p50 | p99 | added p50 | added p99 |");
     println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut fixed: Vec<(Vec<f64>, Vec<f64>)> =
+        targets.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for _ in 0..rounds {
+        for (i, (_, port)) in targets.iter().enumerate() {
+            let (p50, p99) = rt.block_on(fixed_rate(*port, 2000, secs));
+            fixed[i].0.push(p50);
+            fixed[i].1.push(p99);
+        }
+    }
     let mut base = None;
-    for (name, port) in targets {
-        let (p50, p99) = rt.block_on(fixed_rate(port, 2000, secs));
+    for ((name, _), (p50s, p99s)) in targets.iter().zip(fixed) {
+        let (p50, p99) = (median(p50s), median(p99s));
         let (b50, b99) = *base.get_or_insert((p50, p99));
         println!(
             "| {name} | {} | {} | {} | {} |",
@@ -223,6 +250,11 @@ fn parse_latency(text: &str) -> f64 {
         "s" => n * 1e6,
         _ => f64::NAN,
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn us(v: f64) -> String {
@@ -392,9 +424,22 @@ fn spawn_nginx(dir: &Path, port: u16, app: u16) -> Killed {
         Command::new("taskset")
             .args(["-c", "0", "nginx", "-g", "daemon off;", "-c"])
             .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+/// nginx's master stops its worker on SIGQUIT; a SIGKILL would orphan it.
+struct Nginx(Killed);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.0.id() as i32, libc::SIGQUIT) };
+        let _ = self.0.0.wait();
+    }
 }
 
 /// nginx's worker (the master only hands connections to it).

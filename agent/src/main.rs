@@ -296,7 +296,22 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2)
     };
-    let runtime = tokio::runtime::Runtime::new().expect("starting tokio");
+    let runtime = match &args.command {
+        // The traffic layer on one thread by default, like one nginx
+        // worker: no work stealing between threads on its hot path
+        // (BENCHMARKS.md, "The traffic layer").
+        Command::Proxy(options) if options.threads <= 1 => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        Command::Proxy(options) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.threads)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    }
+    .expect("starting tokio");
     let result = runtime.block_on(async {
         match args.command {
             Command::CompileComponent => unreachable!("run before the runtime starts"),

@@ -105,17 +105,13 @@ async fn handle(
     let host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     forwarded(&mut parts.headers, peer, host);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(backend.addr.to_string())
-        .path_and_query(path)
-        .build()
-    {
+    let mut target = std::mem::take(&mut parts.uri).into_parts();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(backend.authority.clone());
+    if target.path_and_query.is_none() {
+        target.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = match Uri::from_parts(target) {
         Ok(uri) => uri,
         Err(e) => {
             in_flight.status(400);

@@ -33,6 +33,10 @@ pub struct ProxyOptions {
     /// hands over to a newer one.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Threads serving connections (1: one core, the lightest; more for a
+    /// busy public port on a machine with cores to spare).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

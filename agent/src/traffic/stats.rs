@@ -23,6 +23,8 @@ pub const BUCKETS_US: [u64; 17] = [
 pub(super) struct BackendStats {
     pub release: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once (every request names it).
+    pub authority: http::uri::Authority,
     in_flight: AtomicU64,
     open: AtomicU64,
     /// 1xx, 2xx, 3xx, 4xx, 5xx (a 502 the proxy answers itself is a 5xx:
@@ -55,6 +57,8 @@ impl BackendStats {
         Self {
             release: release.to_string(),
             addr,
+            authority: http::uri::Authority::try_from(addr.to_string().as_str())
+                .expect("a socket address is an authority"),
             in_flight: AtomicU64::new(0),
             open: AtomicU64::new(0),
             classes: Default::default(),
