@@ -189,42 +189,35 @@ fn the_public_port_and_the_apps_outlive_agent_restarts_kills_and_upgrades() {
     let before = pid("production");
     assert_eq!(before.len(), 1, "one production process");
 
+    // Start the agent again; it must take production over as it runs.
+    let adopt = || {
+        let agent = q.agent().program(&program).spawn();
+        wait_for(
+            "the agent to adopt production",
+            &agent,
+            Duration::from_secs(30),
+            || agent.log().contains("adopted, not restarted"),
+        );
+        agent
+    };
     let load = Load::start(q.production, 4);
     std::thread::sleep(Duration::from_millis(500));
     // SIGTERM, as a unit stop or restart sends: apps keep serving.
     agent.terminate();
     std::thread::sleep(Duration::from_millis(500));
-    let agent = q.agent().program(&program).spawn();
-    wait_for(
-        "the agent to adopt production",
-        &agent,
-        Duration::from_secs(30),
-        || agent.log().contains("adopted, not restarted"),
-    );
+    let agent = adopt();
     std::thread::sleep(Duration::from_millis(500));
     // kill -9.
     agent.kill_9();
     std::thread::sleep(Duration::from_millis(500));
-    let agent = q.agent().program(&program).spawn();
-    wait_for(
-        "the agent to adopt production",
-        &agent,
-        Duration::from_secs(30),
-        || agent.log().contains("adopted, not restarted"),
-    );
+    let agent = adopt();
     // An upgrade: the binary replaced (a new file at the same path), then
     // SIGTERM and a new start, as a unit restart does.
     let next = bin.join("slipway.new");
     std::fs::copy(env!("CARGO_BIN_EXE_slipway"), &next).unwrap();
     std::fs::rename(&next, &program).unwrap();
     agent.terminate();
-    let agent = q.agent().program(&program).spawn();
-    wait_for(
-        "the agent to adopt production",
-        &agent,
-        Duration::from_secs(30),
-        || agent.log().contains("adopted, not restarted"),
-    );
+    let agent = adopt();
     std::thread::sleep(Duration::from_millis(500));
     let (tally, rate) = load.stop();
     assert_clean(
