@@ -234,17 +234,6 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / per_second)
 }
 
-/// Resident memory of a process, MB.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
-}
-
 /// The agent's metrics, as the API serves them.
 struct Scrape {
     /// Checks made, per (app, env), all results.
@@ -562,7 +551,7 @@ async fn measure(deployed: &Deployed, seconds: u64) -> Figures {
     tick.tick().await;
     for _ in 0..seconds {
         tick.tick().await;
-        rss.push(rss_mb(pid));
+        rss.push(common::rss_mb(pid));
     }
     let (wall, cpu) = (t0.elapsed(), cpu_time(pid) - cpu0);
     servers.measuring.store(false, Ordering::Relaxed);

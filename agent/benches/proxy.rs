@@ -25,6 +25,8 @@
 //! The app is this binary in another role (`SLIPWAY_PROXY_BENCH_BACKEND`):
 //! a hyper HTTP/1.1 server on one thread answering a short body.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -114,11 +116,43 @@ fn main() {
             println!("| {name} | {:.0} | {} | {} |", r.rps, us(r.p50), us(r.p99));
             results.push(r);
         }
+        let ratio = results[1].rps / results[2].rps;
         println!(
-            "\nslipway / nginx throughput: {:.2}; p50 {:.2}, p99 {:.2} (latency ratios, lower is better)\n",
-            results[1].rps / results[2].rps,
+            "\nslipway / nginx throughput: {ratio:.2}; p50 {:.2}, p99 {:.2} (latency ratios, lower is better)\n",
             results[1].p50 / results[2].p50,
             results[1].p99 / results[2].p99
+        );
+        let mode = if close { "new_conn" } else { "keepalive" };
+        for ((name, _), r) in targets.iter().zip(&results) {
+            let key = name.split_whitespace().next().unwrap_or(name);
+            common::record(
+                "proxy",
+                &format!("{mode}_{key}_rps"),
+                r.rps,
+                "requests/s",
+                &format!("{title}, wrk -c50: {name}"),
+            );
+            common::record(
+                "proxy",
+                &format!("{mode}_{key}_p99_us"),
+                r.p99,
+                "µs",
+                &format!("{title}, wrk -c50: {name}, p99"),
+            );
+        }
+        common::record(
+            "proxy",
+            &format!("{mode}_ratio"),
+            ratio,
+            "×",
+            &format!("{title}: slipway / nginx throughput"),
+        );
+        common::record(
+            "proxy",
+            &format!("goal_{mode}"),
+            f64::from(u8::from(ratio >= 1.0)),
+            "met",
+            &format!("goal: {title} throughput per core at least nginx's"),
         );
     }
 
@@ -145,6 +179,23 @@ fn main() {
             us(p50 - b50),
             us(p99 - b99)
         );
+        if *name != "app straight" {
+            let key = name.split_whitespace().next().unwrap_or(name);
+            common::record(
+                "proxy",
+                &format!("fixed_{key}_added_p50_us"),
+                p50 - b50,
+                "µs",
+                &format!("2,000 requests/s: latency {name} adds, p50"),
+            );
+            common::record(
+                "proxy",
+                &format!("fixed_{key}_added_p99_us"),
+                p99 - b99,
+                "µs",
+                &format!("2,000 requests/s: latency {name} adds, p99"),
+            );
+        }
     }
 
     println!(
@@ -178,6 +229,27 @@ fn main() {
         us(reached[10]),
         us(reached[19])
     );
+    common::record(
+        "proxy",
+        "switch_median_us",
+        reached[10],
+        "µs",
+        "route change until the first request reaches the new release, median of 20",
+    );
+    common::record(
+        "proxy",
+        "switch_max_us",
+        reached[19],
+        "µs",
+        "route change until the first request reaches the new release, max of 20",
+    );
+    common::record(
+        "proxy",
+        "goal_switch",
+        f64::from(u8::from(reached[19] < 10_000.0)),
+        "met",
+        "goal: all traffic on the new release within 10 ms",
+    );
     rt.block_on(control.apply(vec![route(app, "release-a")]))
         .unwrap();
 
@@ -189,18 +261,43 @@ fn main() {
         ("slipway proxy", slipway_port, proxy.id()),
         ("nginx worker", nginx_port, nginx_worker),
     ] {
-        let idle = rss_kb(pid);
+        let idle = common::rss_mb(pid);
         let held = open_connections(port, 1000);
         std::thread::sleep(Duration::from_millis(300));
-        let busy = rss_kb(pid);
+        let busy = common::rss_mb(pid);
         drop(held);
-        println!(
-            "| {name} | {:.1} MB | {:.1} MB |",
-            idle / 1024.0,
-            busy / 1024.0
+        println!("| {name} | {idle:.1} MB | {busy:.1} MB |");
+        let key = if name.starts_with("slipway") {
+            "slipway"
+        } else {
+            "nginx"
+        };
+        common::record(
+            "proxy",
+            &format!("{key}_rss_idle_mb"),
+            idle,
+            "MB",
+            &format!("{name}: RSS idle"),
         );
+        common::record(
+            "proxy",
+            &format!("{key}_rss_1000_mb"),
+            busy,
+            "MB",
+            &format!("{name}: RSS with 1,000 keep-alive connections open"),
+        );
+        if key == "slipway" {
+            common::record(
+                "proxy",
+                "goal_rss",
+                f64::from(u8::from(busy < 15.0)),
+                "met",
+                "goal: traffic layer under 15 MB RSS at 1,000 connections",
+            );
+        }
     }
     drop(nginx);
+    common::record_machine_load("proxy");
 }
 
 struct Wrk {
@@ -332,15 +429,6 @@ fn open_connections(port: u16, n: usize) -> Vec<TcpStream> {
         held.push(s);
     }
     held
-}
-
-fn rss_kb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn port() -> u16 {

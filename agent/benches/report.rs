@@ -61,6 +61,19 @@ const SECTIONS: &[(&str, &str, &str)] = &[
          (`slipway_health_checks_skipped_total`) differ from that by more than the phase \
          (±1.5) is counted as skipped silently.",
     ),
+    (
+        "proxy",
+        "The traffic layer beside nginx",
+        "`agent/benches/proxy.rs` (needs `nginx-light` and `wrk`): on loopback, the proxy \
+         under test pinned to core 0 (`slipway proxy` on one thread, or nginx with one \
+         worker, upstream keep-alive 128, the same `X-Forwarded-*` headers), the app (a \
+         one-thread hyper server) and the load generator on core 1. wrk -t1 -c50 closed \
+         loops, keep-alive and a new connection per request; a fixed 2,000 requests/s over \
+         16 keep-alive connections, latency from when each request was due; 3 interleaved \
+         rounds per target, medians. The switch: a route change through the control socket \
+         until a new connection is answered by the other release, 20 times. RSS from \
+         `VmRSS`, idle and with 1,000 keep-alive client connections open.",
+    ),
 ];
 
 /// What profiling the load test showed (perf, `/proc/PID/smaps`); words
@@ -103,6 +116,25 @@ const NOTES: &str = "## Where the load goes (profiled, issue 6)
 - Deploying 200 apps in one config edit on 2 cores starves the first bake \
   checks (loopback GETs over 2 s, failing deployments); the bench adds apps 25 \
   at a time.
+
+## What the traffic layer's figures say (issue 14)
+
+- The fixed-rate figures are dominated by the load generator and the app \
+  sharing one core (the app straight takes about 1 ms at p50 for a loopback \
+  request); differences between targets of tens of µs, negative too, are \
+  below the run-to-run noise. They show the proxy adds no queueing at 2,000 \
+  requests/s, not that it adds under 50 µs; a third core for the load \
+  generator would.
+- Memory: a fresh proxy has about 10.7 MB RSS, 7.3 MB of it file-backed \
+  (pages of the agent's 94 MB binary, wasmtime included) and 1.7 MB \
+  anonymous. 1,000 connections cost about 12 KB each: hyper's \
+  per-connection buffers (8 KB initial read buffer). nginx's worker keeps its \
+  buffers per request, not per idle connection.
+- Keep-alive throughput moved between 0.64 (tokio's multi-thread runtime, two \
+  workers sharing the proxy's one core) and 0.74-0.81 × nginx (one thread) \
+  over runs; nginx's own throughput varies by ±15%. Per request the proxy picks \
+  a release, rewrites headers, counts RED figures and goes through \
+  hyper-util's pooled client (a mutex per checkout). Not profiled yet.
 
 ";
 

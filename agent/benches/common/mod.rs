@@ -39,3 +39,15 @@ pub fn record_machine_load(bench: &str) {
         "machine load average (1 min) when this bench ended",
     );
 }
+
+/// Resident memory of a process, MB (`VmRSS`).
+#[allow(dead_code)] // not every bench measures memory
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}

@@ -169,11 +169,9 @@ pub(super) async fn clear(shared: &Shared, app: &str, env: &EnvConfig) {
 
 /// The release (app, env)'s traffic goes to, if any.
 pub(super) async fn serving(shared: &Shared, app: &str, env: &str) -> Option<String> {
-    let routes = shared.routes.lock().await;
-    routes
-        .get(&(app.to_string(), env.to_string()))
-        .and_then(|r| r.backends.iter().max_by_key(|b| b.weight))
-        .map(|b| b.release.clone())
+    serving_backend(shared, app, env)
+        .await
+        .map(|(release, _)| release)
 }
 
 /// Stop every release of (app, env) but `keep`, once each has drained

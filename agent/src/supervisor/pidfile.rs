@@ -66,20 +66,22 @@ impl Pidfile {
     }
 }
 
-struct Stat {
-    state: char,
-    start_time: u64,
+pub(super) struct Stat {
+    pub state: char,
+    pub pgrp: u32,
+    pub start_time: u64,
 }
 
-/// Fields 3 (state) and 22 (start time) of `/proc/PID/stat`; the command
-/// name (field 2) may hold spaces and parentheses, so fields are counted
-/// after its last `)`.
-fn stat(pid: u32) -> Option<Stat> {
+/// Fields 3 (state), 5 (process group) and 22 (start time) of
+/// `/proc/PID/stat`; the command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+pub(super) fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = text.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }

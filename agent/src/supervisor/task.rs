@@ -235,22 +235,11 @@ fn group_alive(pgid: u32) -> bool {
         return true;
     };
     entries.flatten().any(|entry| {
-        let Some(pid) = entry
+        entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // Field 3 is the state, field 5 the process group.
-        fields.first().is_some_and(|s| *s != "Z")
-            && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            .and_then(super::pidfile::stat)
+            .is_some_and(|s| s.state != 'Z' && s.pgrp == pgid)
     })
 }
